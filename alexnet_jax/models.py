@@ -1,0 +1,127 @@
+"""AlexNet as the paper built it (two towers) and as torchvision ships it (one tower).
+
+Images are NHWC. The layer names are the paper's: conv1..conv5, fc6..fc8.
+"""
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+
+class LocalResponseNorm(nn.Module):
+  """The paper's response normalisation across adjacent channels (section 3.3).
+
+  b = a / (bias + alpha * sum_{|j-i| <= depth_radius} a_j^2) ** beta
+
+  alpha is not divided by the window size: this is TensorFlow's
+  `tf.nn.local_response_normalization`, not Caffe's or PyTorch's LRN. With
+  `groups` > 1 the window stops at group boundaries, as on the paper's two
+  GPUs, where each GPU normalised only the maps it held.
+  """
+  depth_radius: int = 2
+  bias: float = 2.0
+  alpha: float = 1e-4
+  beta: float = 0.75
+  groups: int = 1
+
+  @nn.compact
+  def __call__(self, x):
+    dtype = x.dtype
+    x = x.astype(jnp.float32)  # a^2 sums overflow bfloat16's precision budget.
+    *lead, channels = x.shape
+    if channels % self.groups:
+      raise ValueError(f'LRN: {channels} channels do not split into {self.groups} groups.')
+    grouped = (x * x).reshape(*lead, self.groups, channels // self.groups)
+    r = self.depth_radius
+    padded = jnp.pad(grouped, [(0, 0)] * (grouped.ndim - 1) + [(r, r)])
+    size = grouped.shape[-1]
+    # A sum of 2r+1 shifted slices: cheaper than a convolution or reduce_window.
+    window_sum = sum(padded[..., k:k + size] for k in range(2 * r + 1))
+    window_sum = window_sum.reshape(x.shape)
+    return (x * (self.bias + self.alpha * window_sum) ** -self.beta).astype(dtype)
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+  """What distinguishes one AlexNet from another; the layer geometry is shared."""
+  conv_features: tuple[int, int, int, int, int]
+  conv_groups: tuple[int, int, int, int, int]   # feature_group_count of conv1..conv5
+  towers: int             # channel counts stay divisible by this under a width multiplier
+  lrn: bool               # LRN after the ReLU of conv1 and conv2
+  paper_init: bool        # N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7
+
+
+VARIANTS = {
+    # The paper's network: two towers; conv2, conv4 and conv5 see only their own tower.
+    'paper': Variant((96, 256, 384, 384, 256), (1, 2, 1, 2, 2), towers=2, lrn=True,
+                     paper_init=True),
+    # "One weird trick" (Krizhevsky 2014), as torchvision's alexnet: one tower, no LRN.
+    'owt': Variant((64, 192, 384, 256, 256), (1, 1, 1, 1, 1), towers=1, lrn=False,
+                   paper_init=False),
+}
+
+# (kernel size, stride, padding) of conv1..conv5; padding 2 on conv1 turns 224 into 55.
+_CONV_GEOMETRY = ((11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1))
+_POOL_AFTER = (0, 1, 4)          # overlapping 3x3 / stride-2 max pooling after conv1, conv2, conv5
+_PAPER_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+HIDDEN_UNITS = 4096
+
+
+def _scaled(features: int, width: float, multiple: int) -> int:
+  return max(multiple, int(round(features * width / multiple)) * multiple)
+
+
+class AlexNet(nn.Module):
+  """AlexNet; `variant` is 'paper' or 'owt', `width` scales every layer's size.
+
+  `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32 and
+  the logits are returned in float32.
+  """
+  num_classes: int = 1000
+  variant: str = 'paper'
+  width: float = 1.0
+  dropout_rate: float = 0.5
+  dtype: Any = jnp.float32
+
+  def _inits(self, name: str):
+    if VARIANTS[self.variant].paper_init:
+      bias = 1.0 if name in _PAPER_BIAS_ONE else 0.0
+      return dict(kernel_init=nn.initializers.normal(stddev=0.01),
+                  bias_init=nn.initializers.constant(bias))
+    # PyTorch's default: uniform with variance 1/(3 fan_in).
+    return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+                bias_init=nn.initializers.zeros)
+
+  @nn.compact
+  def __call__(self, images, *, train: bool):
+    if self.variant not in VARIANTS:
+      raise ValueError(f'Unknown AlexNet variant {self.variant!r}; choose one of {sorted(VARIANTS)}.')
+    v = VARIANTS[self.variant]
+    x = images.astype(self.dtype)
+    for i, ((k, stride, pad), features, groups) in enumerate(
+        zip(_CONV_GEOMETRY, v.conv_features, v.conv_groups)):
+      name = f'conv{i + 1}'
+      x = nn.Conv(_scaled(features, self.width, v.towers), (k, k), strides=stride,
+                  padding=((pad, pad), (pad, pad)), feature_group_count=groups,
+                  dtype=self.dtype, name=name, **self._inits(name))(x)
+      x = nn.relu(x)
+      if v.lrn and i < 2:
+        x = LocalResponseNorm(groups=v.towers)(x)
+      if i in _POOL_AFTER:
+        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+    x = x.reshape(x.shape[0], -1)
+    for name in ('fc6', 'fc7'):
+      x = nn.Dense(_scaled(HIDDEN_UNITS, self.width, v.towers), dtype=self.dtype, name=name,
+                   **self._inits(name))(x)
+      x = nn.relu(x)
+      # The paper drops the output of each hidden neuron of fc6 and fc7.
+      x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
+    x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc8', **self._inits('fc8'))(x)
+    return x.astype(jnp.float32)
+
+
+def count_params(params) -> int:
+  return sum(int(p.size) for p in jax.tree.leaves(params))

@@ -1,0 +1,107 @@
+"""The model against the paper's numbers and TensorFlow's LRN."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from alexnet_jax import models
+
+
+def _lrn_input(shape, seed=0):
+  # Activations of a few tens: large enough that alpha * sum(a^2) is comparable to the bias.
+  return np.random.default_rng(seed).normal(0, 40, shape).astype(np.float32)
+
+
+def test_lrn_matches_tensorflow():
+  x = _lrn_input((2, 5, 5, 16))
+  ours = models.LocalResponseNorm().apply({}, jnp.asarray(x))
+  ref = tf.nn.local_response_normalization(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
+  np.testing.assert_allclose(np.asarray(ours), ref.numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_lrn_with_groups_normalises_each_tower_on_its_own():
+  x = _lrn_input((2, 4, 4, 12), seed=1)
+  ours = models.LocalResponseNorm(groups=2).apply({}, jnp.asarray(x))
+  ref = np.concatenate([
+      tf.nn.local_response_normalization(half, depth_radius=2, bias=2.0, alpha=1e-4,
+                                         beta=0.75).numpy()
+      for half in np.split(x, 2, axis=-1)], axis=-1)
+  np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize('variant, expected', [('paper', 60_965_224), ('owt', 61_100_840)])
+def test_parameter_counts_at_1000_classes(variant, expected):
+  model = models.AlexNet(num_classes=1000, variant=variant)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                                             train=False))
+  assert models.count_params(shapes['params']) == expected
+
+
+def test_paper_layer_shapes_are_the_papers():
+  model = models.AlexNet(variant='paper')
+  shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)),
+                                             train=False))['params']
+  kernels = {name: shapes[name]['kernel'].shape for name in shapes}
+  assert kernels['conv1'] == (11, 11, 3, 96)
+  assert kernels['conv2'] == (5, 5, 48, 256)      # each kernel sees its own tower's 48 maps
+  assert kernels['conv3'] == (3, 3, 256, 384)     # sees both towers
+  assert kernels['conv4'] == (3, 3, 192, 384)
+  assert kernels['conv5'] == (3, 3, 192, 256)
+  assert kernels['fc6'] == (6 * 6 * 256, 4096)
+
+
+def _narrow(variant='paper', **kwargs):
+  return models.AlexNet(num_classes=10, variant=variant, width=0.125, **kwargs)
+
+
+def test_output_shape_and_dtypes_in_bfloat16():
+  model = _narrow(dtype=jnp.bfloat16)
+  images = jnp.ones((3, 64, 64, 3))
+  variables = model.init(jax.random.key(0), images, train=False)
+  logits = model.apply(variables, images, train=False)
+  assert logits.shape == (3, 10) and logits.dtype == jnp.float32
+  assert all(p.dtype == jnp.float32 for p in jax.tree.leaves(variables))
+
+
+def test_grouped_convolutions_see_only_their_own_tower():
+  """Changing tower 0's conv1 kernels changes no conv2 output of tower 1."""
+  model = _narrow()
+  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+  params = model.init(jax.random.key(0), images, train=False)['params']
+
+  def conv2_out(p):
+    _, state = model.apply({'params': p}, images, train=False,
+                           capture_intermediates=lambda mdl, _: mdl.name == 'conv2')
+    return np.asarray(state['intermediates']['conv2']['__call__'][0])
+
+  conv1 = params['conv1']['kernel']
+  half = conv1.shape[-1] // 2
+  changed = {**params, 'conv1': {**params['conv1'],
+                                 'kernel': conv1.at[..., :half].multiply(3.0)}}
+  before, after = conv2_out(params), conv2_out(changed)
+  towers = before.shape[-1] // 2
+  np.testing.assert_array_equal(before[..., towers:], after[..., towers:])
+  assert np.abs(before[..., :towers] - after[..., :towers]).max() > 1e-3
+
+
+def test_paper_initialisation():
+  model = models.AlexNet(variant='paper', width=0.5)
+  params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)['params']
+  for name, layer in params.items():
+    expected_bias = 1.0 if name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
+    np.testing.assert_array_equal(np.asarray(layer['bias']), expected_bias)
+    assert abs(float(jnp.std(layer['kernel'])) - 0.01) < 0.001, name
+
+
+def test_dropout_only_in_training():
+  model = _narrow()
+  images = jax.random.normal(jax.random.key(1), (2, 64, 64, 3)) * 50
+  variables = model.init(jax.random.key(0), images, train=False)
+  eval_a = model.apply(variables, images, train=False)
+  eval_b = model.apply(variables, images, train=False)
+  np.testing.assert_array_equal(eval_a, eval_b)
+  train_a = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(2)})
+  train_b = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(3)})
+  assert np.abs(np.asarray(train_a - train_b)).max() > 0
