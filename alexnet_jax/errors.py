@@ -1,0 +1,13 @@
+"""Errors that mean the user has something to fix; `main.py` prints them without a traceback."""
+
+
+class UserFacingError(Exception):
+  """A problem with the run's configuration or data, with a message that says the fix."""
+
+
+class ConfigError(UserFacingError):
+  """A config field has a value the trainer cannot run with."""
+
+
+class DataError(UserFacingError):
+  """The dataset asked for cannot be read."""
