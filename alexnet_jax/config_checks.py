@@ -1,0 +1,40 @@
+"""Refuses a config the trainer cannot run, before any data is read or code compiled."""
+
+from alexnet_jax import models
+from alexnet_jax.errors import ConfigError
+
+DTYPES = ('float32', 'bfloat16')
+
+
+def check(config, num_devices: int) -> None:
+  """Raises ConfigError listing every field that is wrong, each with its fix."""
+  problems = []
+
+  def need(ok: bool, message: str):
+    if not ok:
+      problems.append(message)
+
+  need(config.model in models.VARIANTS,
+       f'model={config.model!r} is unknown: choose one of {sorted(models.VARIANTS)}.')
+  need(config.dtype in DTYPES, f'dtype={config.dtype!r} is unknown: choose one of {DTYPES}.')
+  for field in ('global_batch_size', 'image_size', 'resize_size', 'log_every_steps',
+                'checkpoint_every_steps', 'keep_checkpoints', 'shuffle_buffer'):
+    need(config[field] > 0, f'{field}={config[field]} must be a positive number.')
+  need(config.width > 0, f'width={config.width} must be positive (1.0 is the paper\'s size).')
+  need(0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).')
+  need(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
+  need(config.resize_size >= config.image_size,
+       f'resize_size={config.resize_size} is smaller than image_size={config.image_size}: '
+       'crops are taken inside the resized image.')
+  need(config.num_train_steps > 0 or config.num_epochs > 0,
+       'set num_epochs or num_train_steps to a positive number.')
+  need(config.eval_every_steps > 0 or config.eval_every_epochs > 0,
+       'set eval_every_epochs or eval_every_steps to a positive number.')
+  if config.global_batch_size > 0 and config.global_batch_size % num_devices:
+    problems.append(
+        f'global_batch_size={config.global_batch_size} does not split evenly between '
+        f'{num_devices} devices: use a multiple of {num_devices}, e.g. '
+        f'{max(1, round(config.global_batch_size / num_devices)) * num_devices}.')
+  if problems:
+    raise ConfigError('Invalid config:\n  ' + '\n  '.join(
+        f'--config.{p}' if '=' in p.split(' ')[0] else p for p in problems))

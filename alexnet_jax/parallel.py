@@ -1,0 +1,158 @@
+"""Data parallelism: the devices, the per-device train and eval steps, batches on devices.
+
+Each step is written as per-device code, as with `jax.pmap`: it sees its own
+slice of the global batch and averages gradients with `lax.pmean` over the
+`batch` axis. `jax.shard_map` maps it over a mesh of every device of every
+host (the mechanism `jax.pmap` itself is built on now), and `jax.jit` compiles
+it once with the state buffers donated.
+"""
+
+import collections
+import itertools
+import os
+from typing import Callable, Iterable, Iterator
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+BATCH_AXIS = 'batch'
+
+# Environment variables that mean this process is one of several that
+# `jax.distributed.initialize()` can join without arguments.
+_CLUSTER_HINTS = ('JAX_COORDINATOR_ADDRESS', 'SLURM_STEP_NUM_TASKS', 'OMPI_COMM_WORLD_SIZE',
+                  'TPU_WORKER_HOSTNAMES')
+
+
+def _in_cluster() -> bool:
+  for name in _CLUSTER_HINTS:
+    value = os.environ.get(name, '')
+    if name == 'TPU_WORKER_HOSTNAMES':
+      if ',' in value:
+        return True
+    elif value and value != '1':
+      return True
+  return False
+
+
+def initialize_distributed(coordinator_address: str | None = None,
+                           num_processes: int | None = None,
+                           process_id: int | None = None) -> None:
+  """Joins the other hosts of a multi-host job; a no-op on a single host.
+
+  With an explicit coordinator address the job is joined as told; otherwise
+  JAX finds its peers from the environment (TPU pods, SLURM, Open MPI).
+  """
+  if coordinator_address:
+    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+  elif _in_cluster():
+    jax.distributed.initialize()
+
+
+def make_mesh(devices=None) -> Mesh:
+  """A one-axis mesh over `devices`, by default every device of every host."""
+  return Mesh(np.asarray(jax.devices() if devices is None else devices), (BATCH_AXIS,))
+
+
+def replicate(tree, mesh: Mesh):
+  """Places the same value on every device of the mesh."""
+  return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def shard_batch(batch: dict, mesh: Mesh) -> dict:
+  """Turns this host's part of the global batch into global arrays split over `batch`."""
+  sharding = NamedSharding(mesh, P(BATCH_AXIS))
+  return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
+
+
+def prefetch_to_mesh(batches: Iterable[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+  """Copies the next `size` batches to the devices while the current step runs."""
+  queue = collections.deque()
+  batches = iter(batches)
+  for batch in itertools.islice(batches, size):
+    queue.append(shard_batch(batch, mesh))
+  while queue:
+    yield queue.popleft()
+    for batch in itertools.islice(batches, 1):
+      queue.append(shard_batch(batch, mesh))
+
+
+def normalize_images(batch: dict, mean_rgb, std_rgb) -> jax.Array:
+  """uint8 images -> (image + PCA colour shift - mean) / std, in float32.
+
+  Done on the device so that only bytes cross from host to device.
+  """
+  images = batch['image'].astype(jnp.float32)
+  if 'rgb_shift' in batch:
+    images = images + batch['rgb_shift'][:, None, None, :]
+  return (images - jnp.asarray(mean_rgb, jnp.float32)) / jnp.asarray(std_rgb, jnp.float32)
+
+
+def _top_k_correct(logits, labels, k: int):
+  top_k = lax.top_k(logits, min(k, logits.shape[-1]))[1]
+  return jnp.any(top_k == labels[:, None], axis=-1)
+
+
+def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable:
+  """(state, batch) -> (state, metrics), compiled once, the state's buffers donated.
+
+  Dropout keys derive from (seed, step, device index): a pure function of the
+  step, so a resumed run draws the same masks it would have drawn.
+  """
+
+  def per_device(state, batch):
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
+                             lax.axis_index(BATCH_AXIS))
+    images = normalize_images(batch, mean_rgb, std_rgb)
+    labels = batch['label']
+
+    def loss_fn(params):
+      logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
+      loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+      return loss, logits
+
+    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    # Every device holds the same number of examples: the mean of the
+    # per-device mean gradients is the gradient of the global batch's mean loss.
+    grads = lax.pmean(grads, BATCH_AXIS)
+    new_state = state.apply_gradients(grads=grads)
+    metrics = {
+        'loss': loss,
+        'top1_error': 1.0 - _top_k_correct(logits, labels, 1).mean(),
+        'top5_error': 1.0 - _top_k_correct(logits, labels, 5).mean(),
+        'grad_norm': optax.global_norm(grads),
+    }
+    return new_state, lax.pmean(metrics, BATCH_AXIS)
+
+  # check_vma=False keeps pmap's semantics: the replicated parameters are not
+  # tracked as invariant, so their gradients are per-device and the explicit
+  # pmean above is the one and only reduction.
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
+                         out_specs=(P(), P()), check_vma=False)
+  return jax.jit(mapped, donate_argnums=0)
+
+
+def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
+  """(params, batch) -> summed counts over the global batch; padding (mask 0) counts nowhere."""
+
+  def per_device(params, batch):
+    logits = model.apply({'params': params}, normalize_images(batch, mean_rgb, std_rgb), train=False)
+    return lax.psum(count_correct(logits, batch['label'], batch['mask']), BATCH_AXIS)
+
+  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
+                         out_specs=P(), check_vma=False)
+  return jax.jit(mapped)
+
+
+def count_correct(logits, labels, mask) -> dict:
+  """Sums of loss, top-1 and top-5 hits and examples, each example weighted by `mask`."""
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels)
+  return {
+      'loss_sum': jnp.sum(loss * mask),
+      'top1_correct': jnp.sum(_top_k_correct(logits, labels, 1) * mask),
+      'top5_correct': jnp.sum(_top_k_correct(logits, labels, 5) * mask),
+      'count': jnp.sum(mask),
+  }

@@ -1,0 +1,74 @@
+"""The mapped steps on 2 devices against the same global batch on 1 device."""
+
+import jax
+import numpy as np
+import optax
+
+from alexnet_jax import parallel, train
+from tests.conftest import tiny_config
+
+MEAN, STD = (127.5, 127.5, 127.5), (1.0, 1.0, 1.0)
+
+
+def _config():
+  config = tiny_config()
+  config.dropout_rate = 0.0   # the one randomness that differs by device
+  config.learning_rate = 0.05
+  return config
+
+
+def _batches(config, n, seed=0):
+  rng = np.random.default_rng(seed)
+  size, b = config.image_size, config.global_batch_size
+  return [{'image': rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, b).astype(np.int32)} for _ in range(n)]
+
+
+def _train(config, devices, batches):
+  mesh = parallel.make_mesh(devices)
+  model = train.create_model(config, num_classes=10)
+  state = train.create_train_state(config, model, mesh)
+  step = parallel.make_train_step(model, MEAN, STD, config.seed, mesh)
+  losses = []
+  for batch in batches:
+    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    losses.append(float(metrics['loss']))
+  return jax.device_get(state.params), losses
+
+
+def test_two_devices_train_like_one_device_on_the_same_global_batch():
+  config = _config()
+  batches = _batches(config, 3)
+  params_1, losses_1 = _train(config, jax.devices()[:1], batches)
+  params_2, losses_2 = _train(config, jax.devices()[:2], batches)
+  np.testing.assert_allclose(losses_2, losses_1, rtol=1e-5)
+  flat_1, flat_2 = jax.tree.leaves(params_1), jax.tree.leaves(params_2)
+  for a, b in zip(flat_1, flat_2):
+    np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
+  # The parameters really moved, by more than the tolerance above.
+  init = jax.device_get(train.create_train_state(
+      config, train.create_model(config, 10), parallel.make_mesh(jax.devices()[:1])).params)
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(flat_1, jax.tree.leaves(init)))
+  assert moved > 1e-3
+
+
+def test_eval_counts_every_real_example_once_and_no_padding():
+  config = _config()
+  mesh = parallel.make_mesh()
+  model = train.create_model(config, num_classes=10)
+  params = train.create_train_state(config, model, mesh).params
+  batch = _batches(config, 1, seed=1)[0]
+  mask = np.array([1, 1, 1, 0, 1, 1, 0, 0], np.float32)   # 5 real examples
+  counts = parallel.make_eval_step(model, MEAN, STD, mesh)(
+      params, parallel.shard_batch({**batch, 'mask': mask}, mesh))
+  # Reference: the model on the real examples alone, on one device, without the mapped step.
+  real = mask.astype(bool)
+  images = batch['image'][real].astype(np.float32) - np.float32(127.5)
+  logits = np.asarray(model.apply({'params': jax.device_get(params)}, images, train=False))
+  labels = batch['label'][real]
+  top5 = np.argsort(-logits, axis=1)[:, :5]
+  assert float(counts['count']) == 5
+  assert float(counts['top1_correct']) == np.sum(logits.argmax(1) == labels)
+  assert float(counts['top5_correct']) == np.sum((top5 == labels[:, None]).any(1))
+  ref_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
+  np.testing.assert_allclose(float(counts['loss_sum']), ref_loss, rtol=1e-5)
