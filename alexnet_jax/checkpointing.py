@@ -3,20 +3,29 @@
 A checkpoint holds the parameters, the optimiser state and the step (arrays),
 and `loop_state`, a JSON dict (the plateau controller's state). Orbax writes
 each one to a temporary folder and renames it when complete, so an
-interrupted save never looks like a checkpoint.
+interrupted save never looks like a checkpoint. A checkpoint that cannot be
+read is renamed `<step>.unreadable`, with a warning, and the next older one
+is restored instead.
 """
 
 import logging
+import os
 
 import jax
 import orbax.checkpoint as ocp
+from jax.experimental import multihost_utils
+
+from alexnet_jax.errors import ConfigError
 
 
 class Checkpoints:
 
   def __init__(self, directory, keep: int):
+    self.directory = directory
     self._manager = ocp.CheckpointManager(
-        directory, item_names=('state', 'loop_state'),
+        directory,
+        item_handlers={'state': ocp.StandardCheckpointHandler(),
+                       'loop_state': ocp.JsonCheckpointHandler()},
         # Synchronous: orbax 0.12.8's background save races with its own
         # temporary-folder creation on a busy host and loses the checkpoint.
         options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
@@ -25,6 +34,9 @@ class Checkpoints:
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
+
+  def path(self, step: int) -> str:
+    return os.path.join(self.directory, str(step))
 
   def save(self, state, loop_state: dict) -> None:
     """Writes the checkpoint of `state.step`, unless it is the one written last."""
@@ -37,20 +49,37 @@ class Checkpoints:
     self._last_saved = step
 
   def restore_latest(self, state):
-    """(state, loop_state) from the newest checkpoint, placed as `state` is; None if there is none."""
-    step = self._manager.latest_step()
-    if step is None:
-      return None
-    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
-    restored = self._manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(target), loop_state=ocp.args.JsonRestore()))
-    logging.info('Restored the checkpoint of step %d from %s.', step, self._manager.directory)
-    arrays = restored['state']
-    return state.replace(**arrays), restored['loop_state']
+    """(state, loop_state) from the newest readable checkpoint, placed as `state` is.
 
-  def wait(self) -> None:
-    """Blocks until every save started has been written."""
-    self._manager.wait_until_finished()
+    None if there is none. Raises ConfigError if the checkpoints hold another
+    model's parameters.
+    """
+    target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
+    for step in sorted(self._manager.all_steps(), reverse=True):
+      try:
+        saved = self._manager.item_metadata(step)['state']
+        _check_same_shapes(saved, target, self.path(step))
+        restored = self._manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(target), loop_state=ocp.args.JsonRestore()))
+      except ConfigError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        self._set_aside(step, e)
+        continue
+      logging.info('Restored the checkpoint of step %d from %s.', step, self.directory)
+      self._last_saved = step
+      return state.replace(**restored['state']), restored['loop_state']
+    return None
+
+  def _set_aside(self, step: int, error: Exception) -> None:
+    path = self.path(step)
+    logging.warning('Checkpoint %s cannot be read (%s: %s); it is renamed %s.unreadable and '
+                    'an older checkpoint is restored instead.', path, type(error).__name__,
+                    str(error).splitlines()[0] if str(error) else '', path)
+    if jax.process_index() == 0:
+      os.replace(path, path + '.unreadable')
+    multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
+    self._manager.reload()
 
   def close(self) -> None:
     self._manager.close()
@@ -58,3 +87,20 @@ class Checkpoints:
 
 def _arrays(state) -> dict:
   return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
+
+
+def _check_same_shapes(saved, target, path: str) -> None:
+  saved_params, target_params = saved['params'], target['params']
+  saved_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
+                  for k, v in jax.tree_util.tree_leaves_with_path(saved_params)}
+  target_shapes = {jax.tree_util.keystr(k): tuple(v.shape)
+                   for k, v in jax.tree_util.tree_leaves_with_path(target_params)}
+  if saved_shapes == target_shapes:
+    return
+  differences = [f'{k}: saved {saved_shapes.get(k)}, configured {target_shapes.get(k)}'
+                 for k in sorted(set(saved_shapes) | set(target_shapes))
+                 if saved_shapes.get(k) != target_shapes.get(k)]
+  raise ConfigError(
+      f'The checkpoint {path} holds a different model than the config describes '
+      f'({"; ".join(differences[:3])}{" ..." if len(differences) > 3 else ""}). '
+      'Use a new --workdir, or the config (model, width, dataset) the workdir was trained with.')

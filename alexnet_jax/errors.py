@@ -11,3 +11,7 @@ class ConfigError(UserFacingError):
 
 class DataError(UserFacingError):
   """The dataset asked for cannot be read."""
+
+
+class DivergenceError(UserFacingError):
+  """The loss or a gradient stopped being finite."""

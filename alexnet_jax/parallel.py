@@ -118,14 +118,19 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
     # Every device holds the same number of examples: the mean of the
     # per-device mean gradients is the gradient of the global batch's mean loss.
     grads = lax.pmean(grads, BATCH_AXIS)
-    new_state = state.apply_gradients(grads=grads)
-    metrics = {
+    metrics = lax.pmean({
         'loss': loss,
         'top1_error': 1.0 - _top_k_correct(logits, labels, 1).mean(),
         'top5_error': 1.0 - _top_k_correct(logits, labels, 5).mean(),
-        'grad_norm': optax.global_norm(grads),
-    }
-    return new_state, lax.pmean(metrics, BATCH_AXIS)
+    }, BATCH_AXIS)
+    metrics['grad_norm'] = optax.global_norm(grads)
+    # A non-finite loss or gradient leaves the state as it was; the loop sees
+    # `finite` and stops, so a diverged state is never saved.
+    finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
+    new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
+                             state.apply_gradients(grads=grads), state)
+    metrics['finite'] = finite
+    return new_state, metrics
 
   # check_vma=False keeps pmap's semantics: the replicated parameters are not
   # tracked as invariant, so their gradients are per-device and the explicit

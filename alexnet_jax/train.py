@@ -12,7 +12,9 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import checkpointing, config_checks, evaluate, input_pipeline, models, optim, parallel
+from alexnet_jax import (checkpointing, config_checks, errors, evaluate, input_pipeline, models,
+                         optim, parallel)
+from alexnet_jax import preemption as preemption_lib
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -37,11 +39,6 @@ def create_train_state(config, model, mesh) -> train_state.TrainState:
   return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
-def _mean_metrics(metrics: list) -> dict:
-  host = jax.device_get(metrics)
-  return {k: float(np.mean([m[k] for m in host])) for k in host[0]}
-
-
 def train_and_evaluate(config, workdir: str) -> dict:
   """Trains and evaluates as `config` says, resuming from the newest checkpoint in `workdir`.
 
@@ -49,6 +46,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   """
   mesh = parallel.make_mesh()
   config_checks.check(config, mesh.size)
+  config_checks.check_workdir(workdir)
   data = input_pipeline.create(config, config.global_batch_size)
   steps_per_epoch = data.train_examples // config.global_batch_size
   num_steps = _steps(config.num_train_steps, config.num_epochs, steps_per_epoch)
@@ -60,8 +58,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = create_model(config, data.num_classes)
   state = create_train_state(config, model, mesh)
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
-  checkpoints = checkpointing.Checkpoints(os.path.join(os.path.abspath(workdir), 'checkpoints'),
-                                          keep=config.keep_checkpoints)
+  local = '://' not in workdir   # cloud paths (gs://...) are passed on as they are
+  checkpoints = checkpointing.Checkpoints(
+      os.path.join(os.path.abspath(workdir) if local else workdir, 'checkpoints'),
+      keep=config.keep_checkpoints)
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, loop_state = restored
@@ -86,46 +86,83 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                           logdir=workdir))
 
   batches = parallel.prefetch_to_mesh(data.train_batches(start_step), mesh)
-  pending_metrics, log_time, log_step = [], time.monotonic(), start_step
+  metrics_log = _MetricsLog(writer, config.global_batch_size, steps_per_epoch, start_step)
+  preemption = preemption_lib.PreemptionWatch()
   eval_metrics = {}
-  for step in range(start_step + 1, num_steps + 1):
-    with jax.profiler.StepTraceAnnotation('train', step_num=step):
-      state, metrics = train_step(state, next(batches))
-    pending_metrics.append(metrics)  # device arrays: no host sync until they are logged
-    for hook in hooks:
-      hook(step)
-    last = step == num_steps
+  try:
+    for step in range(start_step + 1, num_steps + 1):
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, metrics = train_step(state, next(batches))
+      metrics_log.add(step, metrics)  # device arrays: no host sync until they are logged
+      for hook in hooks:
+        hook(step)
+      last, stop = step == num_steps, preemption.should_stop(step)
+      evaluate_now = step % eval_every == 0 or last
+      save_now = step % config.checkpoint_every_steps == 0 or evaluate_now or stop
+      if step % config.log_every_steps == 0 or save_now:
+        # Before anything is saved, every step since the last check must have been finite.
+        metrics_log.flush(plateau.learning_rate, checkpoints)
 
-    if step % config.log_every_steps == 0 or last:
-      summary = _mean_metrics(pending_metrics)
-      now = time.monotonic()
-      summary['images_per_sec'] = (step - log_step) * config.global_batch_size / (now - log_time)
-      summary['learning_rate'] = plateau.learning_rate
-      summary['epoch'] = step / steps_per_epoch
-      writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
-      pending_metrics, log_time, log_step = [], now, step
+      if evaluate_now:
+        eval_start = time.monotonic()
+        eval_metrics = evaluate.evaluate(eval_step, state.params, data, mesh)
+        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
+        if plateau.update(eval_metrics['top1_error']):
+          logging.info('Validation top-1 error has not improved for %d evaluations: learning '
+                       'rate divided by %g, now %g.', plateau.patience, 1 / plateau.factor,
+                       plateau.learning_rate)
+          state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
+                                                                  plateau.learning_rate))
+        metrics_log.exclude(time.monotonic() - eval_start)
 
-    evaluated = step % eval_every == 0 or last
-    if evaluated:
-      eval_start = time.monotonic()
-      eval_metrics = evaluate.evaluate(eval_step, state.params, data, mesh)
-      writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-      if plateau.update(eval_metrics['top1_error']):
-        logging.info('Validation top-1 error has not improved for %d evaluations: learning '
-                     'rate divided by %g, now %g.', plateau.patience, 1 / plateau.factor,
-                     plateau.learning_rate)
-        state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
-                                                                plateau.learning_rate))
-      log_time += time.monotonic() - eval_start  # images/s counts training time only
-
-    if step % config.checkpoint_every_steps == 0 or evaluated:
-      checkpoints.save(state, {'plateau': plateau.state_dict()})
-
-  checkpoints.save(state, {'plateau': plateau.state_dict()})
-  checkpoints.wait()
-  checkpoints.close()
-  writer.flush()
+      if save_now:
+        checkpoints.save(state, {'plateau': plateau.state_dict()})
+      if stop and not last:
+        logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
+                        'resume.', step, checkpoints.path(step))
+        break
+  finally:
+    preemption.close()
+    checkpoints.close()
+    writer.flush()
   return eval_metrics
+
+
+class _MetricsLog:
+  """Training metrics kept on the devices between logs, then checked, averaged and written."""
+
+  def __init__(self, writer, global_batch_size: int, steps_per_epoch: int, step: int):
+    self._writer, self._batch, self._steps_per_epoch = writer, global_batch_size, steps_per_epoch
+    self._pending, self._since_step, self._since_time = [], step, time.monotonic()
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def exclude(self, seconds: float) -> None:
+    """Leaves time spent outside training (evaluation) out of images/s."""
+    self._since_time += seconds
+
+  def flush(self, learning_rate: float, checkpoints) -> None:
+    if not self._pending:
+      return
+    steps = [s for s, _ in self._pending]
+    host = jax.device_get([m for _, m in self._pending])
+    for step, m in zip(steps, host):
+      if not m['finite']:
+        latest = checkpoints.latest_step()
+        raise errors.DivergenceError(
+            f'Training diverged: the loss or a gradient is not finite at step {step} '
+            f'(loss {float(m["loss"])}, gradient norm {float(m["grad_norm"])}). Nothing after '
+            'it was saved; the last good checkpoint is '
+            f'{checkpoints.path(latest) if latest is not None else "none (no checkpoint yet)"}. '
+            'Lower --config.learning_rate, or train in float32, and run again.')
+    step, now = steps[-1], time.monotonic()
+    summary = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
+    summary['images_per_sec'] = (step - self._since_step) * self._batch / (now - self._since_time)
+    summary['learning_rate'] = learning_rate
+    summary['epoch'] = step / self._steps_per_epoch
+    self._writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
+    self._pending, self._since_step, self._since_time = [], step, now
 
 
 def _flat_hparams(config) -> dict:
