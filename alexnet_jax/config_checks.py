@@ -1,5 +1,9 @@
 """Refuses a config the trainer cannot run, before any data is read or code compiled."""
 
+import uuid
+
+from etils import epath
+
 from alexnet_jax import models
 from alexnet_jax.errors import ConfigError
 
@@ -38,3 +42,16 @@ def check(config, num_devices: int) -> None:
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(
         f'--config.{p}' if '=' in p.split(' ')[0] else p for p in problems))
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises ConfigError unless `workdir` (a local or cloud path) can be created and written."""
+  path = epath.Path(workdir)
+  probe = path / f'.write_probe_{uuid.uuid4().hex}'
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+    probe.write_text('')
+    probe.unlink()
+  except Exception as e:  # pylint: disable=broad-except
+    raise ConfigError(f'--workdir={workdir} cannot be written ({type(e).__name__}: {e}): '
+                      'choose a folder this user may write to.') from e
