@@ -1,0 +1,152 @@
+"""Nothing lost: preemption, kills, corrupt checkpoints, divergence and bad input."""
+
+import logging
+import os
+import pathlib
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import errors, train
+from tests.conftest import NUM_DEVICES, tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def _config(num_train_steps, **overrides):
+  config = tiny_config()
+  config.num_train_steps = num_train_steps
+  config.eval_every_steps = 1000
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
+def _saved(workdir, step):
+  return ocp.PyTreeCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+def _assert_same_state(a, b):
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def _steps_saved(workdir):
+  return sorted(int(p) for p in os.listdir(os.path.join(workdir, 'checkpoints')) if p.isdigit())
+
+
+def _start_main(workdir, num_train_steps):
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  flags = [f'--config.{k}={v}' for k, v in dict(
+      width=0.125, image_size=64, resize_size=73, global_batch_size=8, log_every_steps=2,
+      checkpoint_every_steps=5, eval_every_steps=1000, num_train_steps=num_train_steps,
+      **{'synthetic.train_examples': 64, 'synthetic.eval_examples': 13}).items()]
+  return subprocess.Popen(
+      [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdir}',
+       *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _wait_for_checkpoint(process, workdir, step, timeout=240):
+  path = os.path.join(workdir, 'checkpoints', str(step))
+  deadline = time.monotonic() + timeout
+  while not os.path.isdir(path):
+    assert process.poll() is None, process.stdout.read()[-3000:]
+    assert time.monotonic() < deadline, f'no checkpoint {step} after {timeout}s'
+    time.sleep(0.05)
+
+
+def test_sigkill_then_sigterm_then_resume_ends_where_an_uninterrupted_run_ends(tmp_path):
+  steps = 2000   # long enough that the signals land mid-run
+  interrupted = str(tmp_path / 'interrupted')
+
+  killed = _start_main(interrupted, steps)
+  _wait_for_checkpoint(killed, interrupted, 10)
+  killed.send_signal(signal.SIGKILL)
+  killed.wait(timeout=60)
+
+  preempted = _start_main(interrupted, steps)
+  _wait_for_checkpoint(preempted, interrupted, 20)
+  preempted.send_signal(signal.SIGTERM)
+  output, _ = preempted.communicate(timeout=120)
+  assert preempted.returncode == 0, output[-3000:]
+  assert 'Received SIGTERM' in output
+  stopped_at = _steps_saved(interrupted)[-1]
+  assert stopped_at >= 20, output[-3000:]
+
+  # Finish both in-process to a common end just past the preemption.
+  end = stopped_at + 3
+  train.train_and_evaluate(_config(end, checkpoint_every_steps=5), interrupted)
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(_config(end, checkpoint_every_steps=5), straight)
+  _assert_same_state(_saved(interrupted, end), _saved(straight, end))
+
+
+def test_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(4, checkpoint_every_steps=2), workdir)
+  assert _steps_saved(workdir) == [2, 4]
+  good_4 = _saved(workdir, 4)
+  state_dir = tmp_path / 'checkpoints' / '4' / 'state'
+  for path in state_dir.rglob('*'):   # truncate every file of the newest checkpoint
+    if path.is_file():
+      path.write_bytes(b'')
+  train.train_and_evaluate(_config(4, checkpoint_every_steps=2), workdir)
+  assert 'cannot be read' in caplog.text and '4.unreadable' in caplog.text
+  assert (tmp_path / 'checkpoints' / '4.unreadable').is_dir()
+  assert 'Restored the checkpoint of step 2' in caplog.text
+  assert _steps_saved(workdir) == [2, 4]
+  _assert_same_state(_saved(workdir, 4), good_4)   # step 4 retrained from step 2, exactly
+
+
+def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  # A huge learning rate: step 1 is finite, the parameters then overflow at step 2.
+  config = _config(6, checkpoint_every_steps=1, log_every_steps=1, learning_rate=1e30)
+  with pytest.raises(errors.DivergenceError) as raised:
+    train.train_and_evaluate(config, str(tmp_path))
+  message = str(raised.value)
+  assert 'step 2' in message and str(tmp_path / 'checkpoints' / '1') in message
+  assert _steps_saved(str(tmp_path)) == [1]
+  saved = _saved(str(tmp_path), 1)
+  assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved['params']))
+
+
+def test_checkpoint_of_another_model_is_refused(tmp_path):
+  train.train_and_evaluate(_config(2), str(tmp_path))
+  with pytest.raises(errors.ConfigError, match='different model'):
+    train.train_and_evaluate(_config(4, width=0.25), str(tmp_path))
+  assert _steps_saved(str(tmp_path)) == [2]
+
+
+def test_unwritable_workdir_is_refused(tmp_path):
+  blocker = tmp_path / 'a_file'
+  blocker.write_text('not a folder')
+  with pytest.raises(errors.ConfigError, match='cannot be written'):
+    train.train_and_evaluate(_config(2), str(blocker / 'workdir'))
+
+
+@pytest.mark.parametrize('field, value', [
+    ('model', 'vgg'), ('dataset_size_check', None), ('image_size', 0), ('width', -1.0)])
+def test_bad_fields_are_named(tmp_path, field, value):
+  config = _config(2)
+  if field == 'dataset_size_check':
+    config.global_batch_size = 3
+    field = 'global_batch_size'
+  else:
+    config[field] = value
+  with pytest.raises(errors.ConfigError, match=f'--config.{field}='):
+    train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_unknown_variant_of_the_config_file_is_named():
+  from configs import alexnet
+  with pytest.raises(ValueError, match='paper, owt or demo'):
+    alexnet.get_config('resnet')
