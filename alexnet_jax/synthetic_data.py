@@ -3,10 +3,12 @@
 Class c is a noisy sinusoidal grating at orientation 180 * c / C degrees,
 tinted with the class's colour, at a random frequency, phase and brightness:
 a network has to find oriented edges and colour, as on real images, to tell
-the classes apart. Every batch is a function of (seed, host, step), so a
-resumed run sees the same batches. No TensorFlow is needed.
+the classes apart. Every example is a function of the seed and its place in
+the stream, so a resumed run, or one on another number of hosts, sees the
+same examples. No TensorFlow is needed.
 """
 
+import itertools
 import math
 
 import numpy as np
@@ -54,13 +56,16 @@ def create(config, host_batch: int, process_index: int, process_count: int):
   eval_steps = math.ceil(math.ceil(eval_examples / process_count) / host_batch)
 
   def train_batches(start_step: int):
-    step = start_step
-    while True:
-      rng = np.random.default_rng([config.seed, process_index, _TRAIN, step])
-      labels = rng.integers(0, num_classes, host_batch)
-      yield {'image': make_images(rng, labels, size, num_classes),
-             'label': labels.astype(np.int32)}
-      step += 1
+    # Row r of the global batch of step s depends on (seed, s, r) alone: any
+    # split between hosts gives the same global batch.
+    first_row = process_index * host_batch
+    for step in itertools.count(start_step):
+      rngs = [np.random.default_rng([config.seed, _TRAIN, step, row])
+              for row in range(first_row, first_row + host_batch)]
+      labels = np.array([rng.integers(0, num_classes) for rng in rngs], np.int32)
+      images = np.concatenate([make_images(rng, labels[i:i + 1], size, num_classes)
+                               for i, rng in enumerate(rngs)])
+      yield {'image': images, 'label': labels}
 
   def eval_batches():
     for i in range(eval_steps):
