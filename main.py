@@ -1,5 +1,6 @@
 """Trains and evaluates AlexNet: `python main.py --config=configs/alexnet.py --workdir=DIR`."""
 
+import logging as std_logging
 import sys
 
 from absl import app, flags, logging
@@ -16,12 +17,15 @@ flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, to joi
                     'job by hand (TPU pods, SLURM and Open MPI jobs are found without it).')
 flags.DEFINE_integer('num_processes', None, 'With --coordinator_address: number of processes.')
 flags.DEFINE_integer('process_id', None, 'With --coordinator_address: this process\'s index.')
+flags.DEFINE_integer('heartbeat_timeout_seconds', 100, 'On several hosts: how long a silent '
+                     'host may go unnoticed before the others stop with an error.')
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
 def _quiet_orbax(record) -> bool:
   """Orbax logs every stage of every save at INFO; keep its warnings and errors only."""
-  return record.levelno >= logging.WARNING or '/orbax/' not in record.pathname
+  # std_logging's levels: absl.logging.WARNING is absl's own number (-1).
+  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
 
 
 def main(argv):
@@ -29,7 +33,7 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
   parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id)
+                                  FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
   try:
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserFacingError as e:

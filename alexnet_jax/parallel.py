@@ -40,16 +40,20 @@ def _in_cluster() -> bool:
 
 def initialize_distributed(coordinator_address: str | None = None,
                            num_processes: int | None = None,
-                           process_id: int | None = None) -> None:
+                           process_id: int | None = None,
+                           heartbeat_timeout_seconds: int = 100) -> None:
   """Joins the other hosts of a multi-host job; a no-op on a single host.
 
   With an explicit coordinator address the job is joined as told; otherwise
-  JAX finds its peers from the environment (TPU pods, SLURM, Open MPI).
+  JAX finds its peers from the environment (TPU pods, SLURM, Open MPI). A
+  host silent for `heartbeat_timeout_seconds` makes the others stop with an
+  error instead of waiting for it forever.
   """
   if coordinator_address:
-    jax.distributed.initialize(coordinator_address, num_processes, process_id)
+    jax.distributed.initialize(coordinator_address, num_processes, process_id,
+                               heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   elif _in_cluster():
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
 def make_mesh(devices=None) -> Mesh:

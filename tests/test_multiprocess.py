@@ -1,0 +1,80 @@
+"""Two processes joined by jax.distributed on 127.0.0.1, against one process with as many devices."""
+
+import os
+import pathlib
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from alexnet_jax import train
+from tests.conftest import tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SETTINGS = dict(width=0.125, image_size=64, resize_size=73, global_batch_size=8,
+                log_every_steps=2, checkpoint_every_steps=3, eval_every_steps=1000)
+
+
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    return s.getsockname()[1]
+
+
+def _start_two(workdir, num_train_steps, heartbeat=100):
+  port = _free_port()
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
+         'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
+  flags = [f'--config.{k}={v}' for k, v in SETTINGS.items()]
+  flags += [f'--config.num_train_steps={num_train_steps}', '--config.synthetic.eval_examples=13']
+  return [subprocess.Popen(
+      [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdir}',
+       *flags, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
+       f'--process_id={i}', f'--heartbeat_timeout_seconds={heartbeat}'],
+      cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      for i in range(2)]
+
+
+def _saved_params(workdir, step, like=None):
+  """The saved parameters as NumPy arrays, whatever devices wrote them."""
+  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
+  if like is None:
+    return ocp.PyTreeCheckpointer().restore(path)
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), like)
+  return ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy)
+
+
+def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
+  two = str(tmp_path / 'two')
+  processes = _start_two(two, 6)
+  for p in processes:
+    output, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, output[-3000:]
+  config = tiny_config()
+  config.update(SETTINGS)
+  config.num_train_steps = 6
+  one = str(tmp_path / 'one')
+  train.train_and_evaluate(config, one)
+  saved_one = _saved_params(one, 6)
+  saved_two = _saved_params(two, 6, like=saved_one)
+  for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_when_one_process_dies_the_other_stops_with_an_error(tmp_path):
+  workdir = str(tmp_path)
+  survivor, victim = _start_two(workdir, 100_000, heartbeat=5)
+  deadline = time.monotonic() + 240
+  while not os.path.isdir(os.path.join(workdir, 'checkpoints', '3')):
+    assert survivor.poll() is None and time.monotonic() < deadline
+    time.sleep(0.1)
+  victim.kill()
+  victim.wait()
+  killed_at = time.monotonic()
+  survivor.communicate(timeout=120)
+  assert survivor.returncode != 0
+  print(f'survivor stopped {time.monotonic() - killed_at:.1f}s after its peer died')
