@@ -38,3 +38,9 @@ def tiny_config(variant: str = 'demo'):
   config.synthetic.train_examples = 64
   config.synthetic.eval_examples = 13
   return config
+
+
+def saved_state(workdir, step: int) -> dict:
+  """The arrays of checkpoint `step` in `workdir`, read with Orbax directly."""
+  import orbax.checkpoint as ocp
+  return ocp.PyTreeCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))

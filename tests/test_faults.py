@@ -3,7 +3,6 @@
 import logging
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -11,11 +10,10 @@ import time
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import errors, train
-from tests.conftest import NUM_DEVICES, tiny_config
+from tests.conftest import NUM_DEVICES, saved_state, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -29,8 +27,6 @@ def _config(num_train_steps, **overrides):
   return config
 
 
-def _saved(workdir, step):
-  return ocp.PyTreeCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
 
 
 def _assert_same_state(a, b):
@@ -86,7 +82,7 @@ def test_sigkill_then_sigterm_then_resume_ends_where_an_uninterrupted_run_ends(t
   train.train_and_evaluate(_config(end, checkpoint_every_steps=5), interrupted)
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(end, checkpoint_every_steps=5), straight)
-  _assert_same_state(_saved(interrupted, end), _saved(straight, end))
+  _assert_same_state(saved_state(interrupted, end), saved_state(straight, end))
 
 
 def test_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_path, caplog):
@@ -94,7 +90,7 @@ def test_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_
   workdir = str(tmp_path)
   train.train_and_evaluate(_config(4, checkpoint_every_steps=2), workdir)
   assert _steps_saved(workdir) == [2, 4]
-  good_4 = _saved(workdir, 4)
+  good_4 = saved_state(workdir, 4)
   state_dir = tmp_path / 'checkpoints' / '4' / 'state'
   for path in state_dir.rglob('*'):   # truncate every file of the newest checkpoint
     if path.is_file():
@@ -104,7 +100,7 @@ def test_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_
   assert (tmp_path / 'checkpoints' / '4.unreadable').is_dir()
   assert 'Restored the checkpoint of step 2' in caplog.text
   assert _steps_saved(workdir) == [2, 4]
-  _assert_same_state(_saved(workdir, 4), good_4)   # step 4 retrained from step 2, exactly
+  _assert_same_state(saved_state(workdir, 4), good_4)   # step 4 retrained from step 2, exactly
 
 
 def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
@@ -115,7 +111,7 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
   message = str(raised.value)
   assert 'step 2' in message and str(tmp_path / 'checkpoints' / '1') in message
   assert _steps_saved(str(tmp_path)) == [1]
-  saved = _saved(str(tmp_path), 1)
+  saved = saved_state(str(tmp_path), 1)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved['params']))
 
 
@@ -134,14 +130,10 @@ def test_unwritable_workdir_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('field, value', [
-    ('model', 'vgg'), ('dataset_size_check', None), ('image_size', 0), ('width', -1.0)])
+    ('model', 'vgg'), ('global_batch_size', 3), ('image_size', 0), ('width', -1.0)])
 def test_bad_fields_are_named(tmp_path, field, value):
   config = _config(2)
-  if field == 'dataset_size_check':
-    config.global_batch_size = 3
-    field = 'global_batch_size'
-  else:
-    config[field] = value
+  config[field] = value
   with pytest.raises(errors.ConfigError, match=f'--config.{field}='):
     train.train_and_evaluate(config, str(tmp_path))
 

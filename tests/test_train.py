@@ -8,13 +8,12 @@ import sys
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 import tensorflow_datasets as tfds
 
 from alexnet_jax import errors, train
 from configs import alexnet
-from tests.conftest import tiny_config
+from tests.conftest import saved_state, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -28,9 +27,6 @@ def _mock_imagenet_config(num_train_steps):
   return config
 
 
-def _saved(workdir, step):
-  path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  return ocp.PyTreeCheckpointer().restore(path)
 
 
 def test_mock_imagenet_trains_evaluates_saves_and_resumes(tmp_path):
@@ -45,7 +41,7 @@ def test_mock_imagenet_trains_evaluates_saves_and_resumes(tmp_path):
   assert glob.glob(os.path.join(straight, 'events.out.tfevents.*'))
   # The second call continued from step 3 (not from 0), over the same batches
   # and dropout masks as the straight run: the parameters agree exactly.
-  a, b = _saved(straight, 5), _saved(interrupted, 5)
+  a, b = saved_state(straight, 5), saved_state(interrupted, 5)
   assert int(a['step']) == int(b['step']) == 5
   for x, y in zip(jax.tree.leaves(a['params']), jax.tree.leaves(b['params'])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
