@@ -58,14 +58,17 @@ def train_and_evaluate(config, workdir: str) -> dict:
   model = create_model(config, data.num_classes)
   state = create_train_state(config, model, mesh)
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
-  local = '://' not in workdir   # cloud paths (gs://...) are passed on as they are
-  checkpoints = checkpointing.Checkpoints(
-      os.path.join(os.path.abspath(workdir) if local else workdir, 'checkpoints'),
-      keep=config.keep_checkpoints)
+  root = workdir if '://' in workdir else os.path.abspath(workdir)  # gs://... stays as it is
+  checkpoints = checkpointing.Checkpoints(os.path.join(root, 'checkpoints'),
+                                          keep=config.keep_checkpoints)
+  best = (checkpointing.Checkpoints(os.path.join(root, 'best'), keep=1)
+          if config.keep_best_checkpoint else None)
+  best_error = None   # the lowest validation top-1 error so far
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state, loop_state = restored
     plateau.load_state_dict(loop_state['plateau'])
+    best_error = loop_state.get('best_top1_error')
   start_step = int(jax.device_get(state.step))
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
@@ -113,10 +116,16 @@ def train_and_evaluate(config, workdir: str) -> dict:
                        plateau.learning_rate)
           state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
                                                                   plateau.learning_rate))
+        if best_error is None or eval_metrics['top1_error'] < best_error:
+          best_error = eval_metrics['top1_error']
+          if best is not None:
+            best.save(state, {'plateau': plateau.state_dict(), 'eval': eval_metrics})
+            logging.info('Lowest validation top-1 error so far, %.4f: kept in %s.', best_error,
+                         best.path(step))
         metrics_log.exclude(time.monotonic() - eval_start)
 
       if save_now:
-        checkpoints.save(state, {'plateau': plateau.state_dict()})
+        checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': best_error})
       if stop and not last:
         logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
                         'resume.', step, checkpoints.path(step))
@@ -124,6 +133,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   finally:
     preemption.close()
     checkpoints.close()
+    if best is not None:
+      best.close()
     writer.flush()
   return eval_metrics
 

@@ -1,5 +1,6 @@
 """Nothing lost: preemption, kills, corrupt checkpoints, divergence and bad input."""
 
+import json
 import logging
 import os
 import pathlib
@@ -10,6 +11,7 @@ import time
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import errors, train
@@ -113,6 +115,25 @@ def test_divergence_stops_naming_the_step_and_keeps_the_last_good_checkpoint(tmp
   assert _steps_saved(str(tmp_path)) == [1]
   saved = saved_state(str(tmp_path), 1)
   assert all(np.isfinite(np.asarray(x)).all() for x in jax.tree.leaves(saved['params']))
+
+
+def test_best_checkpoint_is_kept_apart_and_survives_a_restart(tmp_path, monkeypatch):
+  # Scripted validation errors at steps 2, 4, 6 | restart | 8, 10: the lowest is at step 4.
+  # After the restart 0.35 and 0.32 must not count as the best, though they are this run's best.
+  scripted = iter([0.5, 0.3, 0.4, 0.35, 0.32])
+  real_evaluate = train.evaluate.evaluate
+  monkeypatch.setattr(train.evaluate, 'evaluate',
+                      lambda *a: {**real_evaluate(*a), 'top1_error': next(scripted)})
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(6, eval_every_steps=2, keep_checkpoints=10), workdir)
+  train.train_and_evaluate(_config(10, eval_every_steps=2, keep_checkpoints=10), workdir)
+
+  assert _steps_saved(workdir) == [2, 4, 6, 8, 10]
+  assert os.listdir(tmp_path / 'best') == ['4']
+  best = ocp.PyTreeCheckpointer().restore(str(tmp_path / 'best' / '4' / 'state'))
+  _assert_same_state(best, saved_state(workdir, 4))
+  with open(tmp_path / 'best' / '4' / 'loop_state' / 'metadata') as f:
+    assert json.load(f)['eval']['top1_error'] == 0.3
 
 
 def test_checkpoint_of_another_model_is_refused(tmp_path):
