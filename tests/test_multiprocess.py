@@ -1,6 +1,8 @@
 """Two processes joined by jax.distributed on 127.0.0.1, against one process with as many devices."""
 
 import os
+import re
+import signal
 import pathlib
 import socket
 import subprocess
@@ -39,13 +41,13 @@ def _start_two(workdir, num_train_steps, heartbeat=100):
       for i in range(2)]
 
 
-def _saved_params(workdir, step, like=None):
-  """The saved parameters as NumPy arrays, whatever devices wrote them."""
+def _saved_state(workdir, step):
+  """A saved state as NumPy arrays, whatever devices wrote it."""
   path = os.path.join(workdir, 'checkpoints', str(step), 'state')
-  if like is None:
-    return ocp.PyTreeCheckpointer().restore(path)
-  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), like)
-  return ocp.PyTreeCheckpointer().restore(path, restore_args=as_numpy)
+  checkpointer = ocp.PyTreeCheckpointer()
+  as_numpy = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray),
+                          checkpointer.metadata(path).item_metadata.tree)
+  return checkpointer.restore(path, restore_args=as_numpy)
 
 
 def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
@@ -59,8 +61,7 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
   config.num_train_steps = 6
   one = str(tmp_path / 'one')
   train.train_and_evaluate(config, one)
-  saved_one = _saved_params(one, 6)
-  saved_two = _saved_params(two, 6, like=saved_one)
+  saved_one, saved_two = _saved_state(one, 6), _saved_state(two, 6)
   for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
 
@@ -78,3 +79,20 @@ def test_when_one_process_dies_the_other_stops_with_an_error(tmp_path):
   survivor.communicate(timeout=120)
   assert survivor.returncode != 0
   print(f'survivor stopped {time.monotonic() - killed_at:.1f}s after its peer died')
+
+
+def test_sigterm_to_one_process_stops_both_after_the_same_step(tmp_path):
+  workdir = str(tmp_path)
+  processes = _start_two(workdir, 100_000)
+  deadline = time.monotonic() + 240
+  while not os.path.isdir(os.path.join(workdir, 'checkpoints', '3')):
+    assert all(p.poll() is None for p in processes) and time.monotonic() < deadline
+    time.sleep(0.1)
+  processes[1].send_signal(signal.SIGTERM)   # a preemption notice reaches one host only
+  outputs = [p.communicate(timeout=120)[0] for p in processes]
+  for p, output in zip(processes, outputs):
+    assert p.returncode == 0, output[-3000:]
+  stops = [re.findall(r'Stopped at step (\d+)', output) for output in outputs]
+  assert stops[0] == stops[1] and len(stops[0]) == 1, outputs[0][-2000:] + outputs[1][-2000:]
+  step = int(stops[0][0])
+  assert int(_saved_state(workdir, step)['step']) == step
