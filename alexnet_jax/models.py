@@ -9,6 +9,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+from jax import lax
 
 
 class LocalResponseNorm(nn.Module):
@@ -31,17 +33,66 @@ class LocalResponseNorm(nn.Module):
   def __call__(self, x):
     dtype = x.dtype
     x = x.astype(jnp.float32)  # a^2 sums overflow bfloat16's precision budget.
-    *lead, channels = x.shape
+    channels = x.shape[-1]
     if channels % self.groups:
       raise ValueError(f'LRN: {channels} channels do not split into {self.groups} groups.')
-    grouped = (x * x).reshape(*lead, self.groups, channels // self.groups)
-    r = self.depth_radius
-    padded = jnp.pad(grouped, [(0, 0)] * (grouped.ndim - 1) + [(r, r)])
-    size = grouped.shape[-1]
-    # A sum of 2r+1 shifted slices: cheaper than a convolution or reduce_window.
-    window_sum = sum(padded[..., k:k + size] for k in range(2 * r + 1))
-    window_sum = window_sum.reshape(x.shape)
-    return (x * (self.bias + self.alpha * window_sum) ** -self.beta).astype(dtype)
+    # The window sum as one matrix product with a 0/1 band matrix: XLA's CPU
+    # backend runs it (and its gradient) faster than a sum of shifted slices,
+    # and accelerators run it on their matrix units; HIGHEST keeps it float32.
+    window_sum = jnp.matmul(x * x, _window_matrix(channels, self.depth_radius, self.groups),
+                            precision=lax.Precision.HIGHEST)
+    return (x * _inverse_power(self.bias + self.alpha * window_sum, self.beta)).astype(dtype)
+
+
+def _window_matrix(channels: int, depth_radius: int, groups: int) -> np.ndarray:
+  """M[j, i] = 1 where channel j is in channel i's window, within one group."""
+  i = np.arange(channels)
+  group = i // (channels // groups)
+  near = np.abs(i[:, None] - i[None, :]) <= depth_radius
+  return (near & (group[:, None] == group[None, :])).astype(np.float32)
+
+
+def _inverse_power(t, beta: float):
+  """t ** -beta; for the paper's beta = 3/4 as rsqrt(t) * sqrt(rsqrt(t)), cheaper than pow."""
+  if beta == 0.75:
+    r = lax.rsqrt(t)
+    return r * jnp.sqrt(r)
+  return t ** -beta
+
+
+class TowerConv(nn.Module):
+  """A convolution whose channels split into `towers` that never see each other.
+
+  The function and parameters of `nn.Conv(feature_group_count=towers)` (a
+  kernel of shape (k, k, in / towers, features) and a bias), computed as one
+  convolution per tower whose outputs are concatenated, as the paper's two
+  GPUs did. Written this way because XLA's CPU backend runs a grouped
+  convolution and its gradients 4 to 6 times slower than the same
+  convolutions split (`python -m alexnet_jax.benchmark`, BENCHMARKS.md).
+  """
+  features: int
+  kernel_size: int
+  stride: int
+  padding: int
+  towers: int = 1
+  dtype: Any = jnp.float32
+  kernel_init: Any = nn.initializers.lecun_normal()
+  bias_init: Any = nn.initializers.zeros
+
+  @nn.compact
+  def __call__(self, x):
+    k, towers = self.kernel_size, self.towers
+    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1] // towers, self.features),
+                        jnp.float32)
+    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
+    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
+    outputs = [
+        lax.conv_general_dilated(x_tower, kernel_tower, (self.stride, self.stride),
+                                 [(self.padding, self.padding)] * 2,
+                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
+        for x_tower, kernel_tower in zip(jnp.split(x, towers, axis=-1),
+                                         jnp.split(kernel, towers, axis=-1))]
+    return (outputs[0] if towers == 1 else jnp.concatenate(outputs, axis=-1)) + bias
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +155,8 @@ class AlexNet(nn.Module):
     for i, ((k, stride, pad), features, groups) in enumerate(
         zip(_CONV_GEOMETRY, v.conv_features, v.conv_groups)):
       name = f'conv{i + 1}'
-      x = nn.Conv(_scaled(features, self.width, v.towers), (k, k), strides=stride,
-                  padding=((pad, pad), (pad, pad)), feature_group_count=groups,
-                  dtype=self.dtype, name=name, **self._inits(name))(x)
+      x = TowerConv(_scaled(features, self.width, v.towers), k, stride, pad, towers=groups,
+                    dtype=self.dtype, name=name, **self._inits(name))(x)
       x = nn.relu(x)
       if v.lrn and i < 2:
         x = LocalResponseNorm(groups=v.towers)(x)

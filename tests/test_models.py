@@ -21,6 +21,21 @@ def test_lrn_matches_tensorflow():
   np.testing.assert_allclose(np.asarray(ours), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize('beta', [0.75, 0.5])
+def test_lrn_gradient_matches_tensorflow(beta):
+  x = _lrn_input((2, 5, 5, 16), seed=3)
+  cotangent = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
+  lrn = models.LocalResponseNorm(beta=beta)
+  _, vjp = jax.vjp(lambda a: lrn.apply({}, a), jnp.asarray(x))
+  x_tf = tf.constant(x)
+  with tf.GradientTape() as tape:
+    tape.watch(x_tf)
+    y = tf.nn.local_response_normalization(x_tf, depth_radius=2, bias=2.0, alpha=1e-4, beta=beta)
+  ref = tape.gradient(y, x_tf, output_gradients=tf.constant(cotangent))
+  np.testing.assert_allclose(np.asarray(vjp(jnp.asarray(cotangent))[0]), ref.numpy(),
+                             rtol=1e-4, atol=1e-6)
+
+
 def test_lrn_with_groups_normalises_each_tower_on_its_own():
   x = _lrn_input((2, 4, 4, 12), seed=1)
   ours = models.LocalResponseNorm(groups=2).apply({}, jnp.asarray(x))
@@ -29,6 +44,28 @@ def test_lrn_with_groups_normalises_each_tower_on_its_own():
                                          beta=0.75).numpy()
       for half in np.split(x, 2, axis=-1)], axis=-1)
   np.testing.assert_allclose(np.asarray(ours), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_tower_conv_is_a_grouped_convolution():
+  """Forward and both gradients against XLA's own grouped convolution (feature_group_count)."""
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.normal(size=(3, 11, 11, 8)), jnp.float32)
+  conv = models.TowerConv(features=6, kernel_size=3, stride=2, padding=1, towers=2,
+                          bias_init=jax.nn.initializers.normal(1.0))
+  params = conv.init(jax.random.key(0), x)
+  assert params['params']['kernel'].shape == (3, 3, 4, 6)
+
+  def reference(params, x):
+    return jax.lax.conv_general_dilated(
+        x, params['params']['kernel'], (2, 2), [(1, 1), (1, 1)],
+        dimension_numbers=('NHWC', 'HWIO', 'NHWC'), feature_group_count=2) + params['params']['bias']
+
+  np.testing.assert_allclose(conv.apply(params, x), reference(params, x), rtol=1e-5, atol=1e-5)
+  cotangent = jnp.asarray(rng.normal(size=reference(params, x).shape), jnp.float32)
+  ours = jax.vjp(conv.apply, params, x)[1](cotangent)
+  ref = jax.vjp(reference, params, x)[1](cotangent)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('variant, expected', [('paper', 60_965_224), ('owt', 61_100_840)])
