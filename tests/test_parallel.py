@@ -3,8 +3,9 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
-from alexnet_jax import parallel, train
+from alexnet_jax import evaluate, input_pipeline, optim, parallel, train
 from tests.conftest import tiny_config
 
 MEAN, STD = (127.5, 127.5, 127.5), (1.0, 1.0, 1.0)
@@ -72,3 +73,38 @@ def test_eval_counts_every_real_example_once_and_no_padding():
   assert float(counts['top5_correct']) == np.sum((top5 == labels[:, None]).any(1))
   ref_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
   np.testing.assert_allclose(float(counts['loss_sum']), ref_loss, rtol=1e-5)
+
+
+def test_nothing_compiles_after_the_first_steps():
+  """Later steps, a learning-rate drop and later evaluations reuse the first compilation."""
+  config = _config()
+  mesh = parallel.make_mesh()
+  data = input_pipeline.create(config, config.global_batch_size)
+  model = train.create_model(config, data.num_classes)
+  state = train.create_train_state(config, model, mesh)
+  train_step = parallel.make_train_step(model, MEAN, STD, config.seed, mesh)
+  eval_step = parallel.make_eval_step(model, MEAN, STD, mesh)
+  compiles = []
+
+  def on_event(event, duration, **kwargs):
+    if event == '/jax/core/compile/backend_compile_duration':   # one per XLA compilation
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(on_event)
+  try:
+    batches = parallel.prefetch_to_mesh(data.train_batches(0), mesh)
+    state, _ = train_step(state, next(batches))
+    evaluate.evaluate(eval_step, state.params, data, mesh)
+    first = len(compiles)
+    for step in range(2, 7):
+      if step == 4:
+        state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, 0.001))
+      state, metrics = train_step(state, next(batches))
+      jax.device_get(metrics)
+    evaluate.evaluate(eval_step, state.params, data, mesh)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_event)
+  assert first >= 2   # the train and eval steps were compiled, and counted
+  assert len(compiles) == first
+  assert int(state.step) == 6
+  assert optim.get_learning_rate(state.opt_state) == pytest.approx(0.001)
