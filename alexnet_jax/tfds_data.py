@@ -1,13 +1,4 @@
-"""TFDS datasets through tf.data, with the paper's preprocessing (section 4.1).
-
-Train: shorter side to 256, centre 256x256 crop, a random 224x224 patch of it
-and its horizontal reflection with probability 1/2, and the PCA colour shift.
-Eval: the centre 224x224 patch of the centre 256x256 crop.
-
-The crop window is mapped back to the original image so that only that window
-of the JPEG is decoded (`decode_and_crop_jpeg`), then resized to 224x224;
-this is the same patch as resizing first and cropping second, at a fraction
-of the decoding work.
+"""TFDS datasets through tf.data, with the paper's preprocessing (`preprocessing.py`).
 
 Every random draw is stateless, keyed by (seed, host, epoch, example index),
 and each epoch's shuffle has its own seed: the stream from any step on is a
@@ -21,15 +12,8 @@ import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline
+from alexnet_jax import input_pipeline, preprocessing
 from alexnet_jax.errors import DataError
-
-# ImageNet's RGB covariance in 0-255 units: eigenvalues and eigenvectors (as
-# columns), the values used since fb.resnet.torch; the paper used its own.
-PCA_EIGVAL = np.array([55.46, 4.794, 1.148], np.float32)
-PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                       [-0.5808, -0.0045, -0.8140],
-                       [-0.5836, -0.6948, 0.4203]], np.float32)
 
 
 def _not_prepared_message(name: str, data_dir) -> str:
@@ -65,71 +49,6 @@ def _num_examples(builder, split: str, host_ds, process_count: int) -> int:
   if host_count < 0:
     host_count = sum(1 for _ in host_ds)
   return host_count * process_count
-
-
-def _decode_and_crop(image_bytes, window):
-  """Decodes only the window that `window(height, width)` -> (y, x, side) chooses."""
-
-  def jpeg():
-    shape = tf.io.extract_jpeg_shape(image_bytes)
-    y, x, side = window(shape[0], shape[1])
-    return tf.io.decode_and_crop_jpeg(image_bytes, tf.stack([y, x, side, side]), channels=3)
-
-  def other():  # PNG, GIF, BMP: decode whole, then crop.
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False)
-    y, x, side = window(tf.shape(image)[0], tf.shape(image)[1])
-    return image[y:y + side, x:x + side]
-
-  image = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-  image.set_shape([None, None, 3])
-  return image
-
-
-def _paper_window(crop_fraction: float, offset_y, offset_x):
-  """The crop, in original pixels, of the patch at offset (offset_y, offset_x) in [0, 1]^2.
-
-  The shorter side s maps to `resize_size`; the patch of `image_size` is then
-  a square of side s * crop_fraction inside the centre s x s square.
-  """
-
-  def window(height, width):
-    s = tf.minimum(height, width)
-    side = tf.maximum(1, tf.cast(tf.round(tf.cast(s, tf.float32) * crop_fraction), tf.int32))
-    slack = tf.cast(s - side, tf.float32)
-    y = (height - s) // 2 + tf.cast(tf.round(slack * offset_y), tf.int32)
-    x = (width - s) // 2 + tf.cast(tf.round(slack * offset_x), tf.int32)
-    return y, x, side
-
-  return window
-
-
-def _resize_to_uint8(image, size: int):
-  image = tf.image.resize(image, [size, size], method='bilinear', antialias=True)
-  return tf.cast(tf.clip_by_value(tf.round(image), 0, 255), tf.uint8)
-
-
-def _train_example(example_seed, example, config):
-  offset_seed, flip_seed, light_seed = tf.unstack(
-      tf.random.experimental.stateless_split(example_seed, 3))
-  offset = tf.random.stateless_uniform([2], offset_seed)
-  crop_fraction = config.image_size / config.resize_size
-  image = _decode_and_crop(example['image'], _paper_window(crop_fraction, offset[0], offset[1]))
-  image = _resize_to_uint8(image, config.image_size)
-  image = tf.cond(tf.random.stateless_uniform([], flip_seed) < 0.5,
-                  lambda: tf.reverse(image, axis=[1]), lambda: image)
-  batch = {'image': image, 'label': tf.cast(example['label'], tf.int32)}
-  if config.pca_lighting_std > 0:
-    alpha = tf.random.stateless_normal([3], light_seed, stddev=config.pca_lighting_std)
-    batch['rgb_shift'] = tf.linalg.matvec(PCA_EIGVEC, alpha * PCA_EIGVAL)
-  return batch
-
-
-def _eval_example(example, config):
-  crop_fraction = config.image_size / config.resize_size
-  image = _decode_and_crop(example['image'], _paper_window(crop_fraction, 0.5, 0.5))
-  return {'image': _resize_to_uint8(image, config.image_size),
-          'label': tf.cast(example['label'], tf.int32),
-          'mask': tf.constant(1.0, tf.float32)}
 
 
 def _epoch_seed(seed: int, process_index: int, epoch: int) -> int:
@@ -171,7 +90,7 @@ def create(config, host_batch: int, process_index: int, process_count: int):
 
     def preprocess(index, example):
       seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-      return _train_example(seed, example, config)
+      return preprocessing.train_example(seed, example, config)
 
     ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
     ds = ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
@@ -184,7 +103,7 @@ def create(config, host_batch: int, process_index: int, process_count: int):
 
   def eval_batches():
     ds = _host_split(builder, eval_split, process_index, process_count)
-    ds = ds.map(lambda ex: _eval_example(ex, config), num_parallel_calls=tf.data.AUTOTUNE)
+    ds = ds.map(lambda ex: preprocessing.eval_example(ex, config), num_parallel_calls=tf.data.AUTOTUNE)
     size = config.image_size
     padding = tf.data.Dataset.from_tensors({
         'image': tf.zeros([size, size, 3], tf.uint8),

@@ -8,7 +8,7 @@ import tensorflow as tf
 import tensorflow_datasets as tfds
 from PIL import Image
 
-from alexnet_jax import errors, input_pipeline, tfds_data
+from alexnet_jax import errors, input_pipeline, preprocessing
 from tests.conftest import tiny_config
 
 
@@ -66,7 +66,7 @@ def test_eval_crop_is_the_papers_resize_then_centre_crop(height, width):
   config = tiny_config('paper')
   config.image_size, config.resize_size = 224, 256
   image = _smooth_image(height, width)
-  ours = tfds_data._eval_example({'image': tf.constant(_jpeg(image)), 'label': 3}, config)
+  ours = preprocessing.eval_example({'image': tf.constant(_jpeg(image)), 'label': 3}, config)
   decoded = np.asarray(Image.open(io.BytesIO(_jpeg(image))).convert('RGB'))
   scale = 256 / min(height, width)
   resized = Image.fromarray(decoded).resize(
@@ -83,7 +83,7 @@ def test_png_images_are_decoded_too():
   image = _smooth_image(90, 120)
   png = io.BytesIO()
   Image.fromarray(image).save(png, format='PNG')
-  ours = tfds_data._eval_example({'image': tf.constant(png.getvalue()), 'label': 0}, config)
+  ours = preprocessing.eval_example({'image': tf.constant(png.getvalue()), 'label': 0}, config)
   assert ours['image'].shape == (64, 64, 3)
 
 
