@@ -1,0 +1,38 @@
+"""The throughput benchmark runs, counts FLOPs right, and needs no TensorFlow."""
+
+import pathlib
+import subprocess
+import sys
+
+from alexnet_jax import benchmark, models
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_benchmark_imports_no_tensorflow():
+  # The GPU machines it is meant for have JAX but no TensorFlow.
+  code = 'import sys, alexnet_jax.benchmark; assert "tensorflow" not in sys.modules, sorted(sys.modules)'
+  subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=120)
+
+
+def _taps(size: int, kernel: int, stride: int, padding: int) -> int:
+  """Kernel taps that land inside the image, summed over the output positions of one axis."""
+  out = (size + 2 * padding - kernel) // stride + 1
+  return sum(1 for i in range(out) for t in range(kernel) if 0 <= stride * i - padding + t < size)
+
+
+def test_forward_flops_match_a_hand_count_of_torchvisions_alexnet():
+  convs = [(224, 11, 4, 2, 3, 64), (27, 5, 1, 2, 64, 192), (13, 3, 1, 1, 192, 384),
+           (13, 3, 1, 1, 384, 256), (13, 3, 1, 1, 256, 256)]
+  macs = sum(_taps(n, k, s, p) ** 2 * c_in * c_out for n, k, s, p, c_in, c_out in convs)
+  macs += 9216 * 4096 + 4096 * 4096 + 4096 * 1000
+  # 658 million multiply-adds; the usual 714 million also counts the taps on zero padding.
+  flops = benchmark.forward_flops(models.AlexNet(variant='owt'), 224)
+  assert abs(flops / (2 * macs) - 1) < 0.01   # biases, ReLUs and pooling are the rest
+
+
+def test_step_benchmark_reports_a_rate():
+  result = benchmark.bench_jax('paper', 'float32', global_batch=4, image_size=64, num_classes=10,
+                               steps=1, warmup=1, repeats=1, peak_tflops=1.0)
+  assert result['images_per_s'] > 0 and result['compile_s'] > 0
+  assert result['mfu'].endswith('%') and 'GiB' not in result['memory']
