@@ -1,18 +1,9 @@
-"""TFDS datasets through tf.data, with the paper's preprocessing (`preprocessing.py`).
+"""TFDS datasets, batched by `tf_batches.py` with the paper's preprocessing."""
 
-Every random draw is stateless, keyed by (seed, host, epoch, example index),
-and each epoch's shuffle has its own seed: the stream from any step on is a
-function of the seed and that step.
-"""
-
-import itertools
-import math
-
-import numpy as np
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
-from alexnet_jax import input_pipeline, preprocessing
+from alexnet_jax import tf_batches
 from alexnet_jax.errors import DataError
 
 
@@ -51,10 +42,6 @@ def _num_examples(builder, split: str, host_ds, process_count: int) -> int:
   return host_count * process_count
 
 
-def _epoch_seed(seed: int, process_index: int, epoch: int) -> int:
-  return int(np.random.SeedSequence([seed, process_index, epoch]).generate_state(1)[0])
-
-
 def create(config, host_batch: int, process_index: int, process_count: int):
   try:
     builder = tfds.builder(config.dataset, data_dir=config.data_dir)
@@ -67,52 +54,17 @@ def create(config, host_batch: int, process_index: int, process_count: int):
   train_examples = _num_examples(builder, train_split, probe, process_count)
   eval_probe = _host_split(builder, eval_split, process_index, process_count)
   eval_examples = _num_examples(builder, eval_split, eval_probe, process_count)
-  global_batch = host_batch * process_count
-  steps_per_epoch = train_examples // global_batch
-  if steps_per_epoch == 0:
-    raise DataError(
-        f'{config.dataset}:{train_split} has {train_examples} examples, fewer than one '
-        f'global batch of {global_batch}: lower --config.global_batch_size.')
-  # Hosts' shares differ by at most one example; all run as many steps as the largest.
-  eval_steps = math.ceil(math.ceil(eval_examples / process_count) / host_batch)
   num_classes = builder.info.features['label'].num_classes
   options = tf.data.Options()
   options.deterministic = True  # exact resume needs the same order every time
 
-  def epoch_batches(epoch: int, skip_steps: int):
-    epoch_seed = _epoch_seed(config.seed, process_index, epoch)
-    ds = _host_split(builder, train_split, process_index, process_count, shuffle_files=True,
-                     read_config=tfds.ReadConfig(shuffle_seed=epoch_seed, options=options))
-    ds = ds.enumerate().shuffle(config.shuffle_buffer, seed=epoch_seed)
-    # Skip before decoding: resuming mid-epoch reads the skipped records but decodes none.
-    ds = ds.take(steps_per_epoch * host_batch).skip(skip_steps * host_batch)
-    base_seed = tf.constant([epoch_seed % 2**31, 0], tf.int64)
+  def read(split: str, shuffle_seed: int | None):
+    if shuffle_seed is None:
+      return _host_split(builder, split, process_index, process_count)
+    return _host_split(builder, split, process_index, process_count, shuffle_files=True,
+                       read_config=tfds.ReadConfig(shuffle_seed=shuffle_seed, options=options))
 
-    def preprocess(index, example):
-      seed = tf.random.experimental.stateless_fold_in(base_seed, index)
-      return preprocessing.train_example(seed, example, config)
-
-    ds = ds.map(preprocess, num_parallel_calls=tf.data.AUTOTUNE)
-    ds = ds.batch(host_batch, drop_remainder=True).prefetch(tf.data.AUTOTUNE)
-    return ds.as_numpy_iterator()
-
-  def train_batches(start_step: int):
-    first_epoch, skip = divmod(start_step, steps_per_epoch)
-    for epoch in itertools.count(first_epoch):
-      yield from epoch_batches(epoch, skip if epoch == first_epoch else 0)
-
-  def eval_batches():
-    ds = _host_split(builder, eval_split, process_index, process_count)
-    ds = ds.map(lambda ex: preprocessing.eval_example(ex, config), num_parallel_calls=tf.data.AUTOTUNE)
-    size = config.image_size
-    padding = tf.data.Dataset.from_tensors({
-        'image': tf.zeros([size, size, 3], tf.uint8),
-        'label': tf.constant(0, tf.int32),
-        'mask': tf.constant(0.0, tf.float32)}).repeat()
-    ds = ds.concatenate(padding).take(eval_steps * host_batch)
-    return ds.batch(host_batch).prefetch(tf.data.AUTOTUNE).as_numpy_iterator()
-
-  return input_pipeline.Data(
-      num_classes=num_classes, train_examples=train_examples, eval_examples=eval_examples,
-      eval_steps=eval_steps,
-      train_batches=train_batches, eval_batches=eval_batches)
+  return tf_batches.make_data(
+      read, config, name=config.dataset, num_classes=num_classes, train_examples=train_examples,
+      eval_examples=eval_examples, host_batch=host_batch, process_index=process_index,
+      process_count=process_count)
