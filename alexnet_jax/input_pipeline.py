@@ -1,8 +1,10 @@
 """Datasets as the training loop sees them: per-host batches of uint8 images and labels.
 
-Two sources share one interface:
+Three sources share one interface:
   - any TFDS image-classification dataset (`imagenet2012` by default), read
     through tf.data with the paper's preprocessing (`tfds_data.py`);
+  - a folder of images laid out ROOT/<split>/<class>/<image>, named as
+    `image_folder:ROOT`, through the same preprocessing (`image_folder.py`);
   - `synthetic`, a learnable image set generated in NumPy for the offline demo
     and for machines without TensorFlow (`synthetic_data.py`).
 
@@ -45,5 +47,8 @@ def create(config, global_batch_size: int) -> Data:
   if config.dataset == 'synthetic':
     from alexnet_jax import synthetic_data
     return synthetic_data.create(config, host_batch, process_index, process_count)
+  if config.dataset.startswith('image_folder:'):
+    from alexnet_jax import image_folder
+    return image_folder.create(config, host_batch, process_index, process_count)
   from alexnet_jax import tfds_data  # TensorFlow only where a TFDS dataset is used.
   return tfds_data.create(config, host_batch, process_index, process_count)

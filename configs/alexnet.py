@@ -20,7 +20,10 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
 
   # Data (section 4.1).
-  config.dataset = 'imagenet2012'  # a TFDS image-classification dataset, or 'synthetic'
+  config.dataset = 'imagenet2012'  # a TFDS image-classification dataset, 'image_folder:ROOT'
+                                   # (ROOT/train/<class>/*, ROOT/val/<class>/*) or 'synthetic'
+  config.imagenet_wnid_labels = False  # image_folder: class folders named by ImageNet wnids
+                                       # take their ImageNet-1k index (1000 outputs)
   config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: its default
   config.train_split = 'train'
   config.eval_split = 'validation'

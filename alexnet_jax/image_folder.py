@@ -1,0 +1,132 @@
+"""A folder of images as a dataset: `--config.dataset=image_folder:ROOT`.
+
+The layout is ROOT/<split>/<class>/<image>, e.g. ROOT/train/n01440764/x.JPEG
+and ROOT/val/n01440764/y.JPEG (the eval split `validation` is also looked for
+as `val`). A class's index is its folder's place in the sorted list of the
+train split's class folders; with `--config.imagenet_wnid_labels`, folders
+named by ImageNet wnids take their ImageNet-1k index instead, so a model
+trained on ImageNet evaluates on the folder with the right labels.
+
+JPEG, PNG, GIF and BMP files of any size are read, grayscale and alpha
+turned into RGB, through the same preprocessing as ImageNet. A file that is
+empty, truncated (no end marker) or not an image at all is logged with its
+path, counted and left out before the epoch is laid out.
+"""
+
+import concurrent.futures
+import logging
+import pathlib
+
+import numpy as np
+import tensorflow as tf
+
+from alexnet_jax import tf_batches
+from alexnet_jax.errors import DataError
+
+PREFIX = 'image_folder:'
+SUFFIXES = ('.jpeg', '.jpg', '.png', '.gif', '.bmp')
+_SPLIT_FOLDERS = {'validation': ('validation', 'val'), 'test': ('test',), 'train': ('train',)}
+_TAIL_BYTES = 1024   # where a complete JPEG's end marker or a PNG's IEND chunk must be
+
+
+def why_unreadable(path) -> str | None:
+  """Why the file cannot be a whole image (empty, truncated, another format), or None."""
+  try:
+    with open(path, 'rb') as f:
+      head = f.read(8)
+      f.seek(0, 2)
+      size = f.tell()
+      f.seek(max(0, size - _TAIL_BYTES))
+      tail = f.read()
+  except OSError as e:
+    return f'cannot be read ({e.strerror})'
+  if size < 16:
+    return f'{size} bytes long'
+  if head.startswith(b'\xff\xd8'):
+    return None if b'\xff\xd9' in tail else 'a JPEG without its end marker (truncated)'
+  if head.startswith(b'\x89PNG\r\n\x1a\n'):
+    return None if b'IEND' in tail else 'a PNG without its IEND chunk (truncated)'
+  if head.startswith((b'GIF87a', b'GIF89a', b'BM')):
+    return None
+  return 'not a JPEG, PNG, GIF or BMP file'
+
+
+def _split_folder(root: pathlib.Path, split: str) -> pathlib.Path:
+  names = _SPLIT_FOLDERS.get(split, (split,))
+  for name in names:
+    if (root / name).is_dir():
+      return root / name
+  present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+  raise DataError(
+      f'The image folder {root} has no folder for the {split!r} split (looked for '
+      f'{", ".join(names)}; it holds {present or "no folders"}). Lay it out as '
+      'ROOT/train/<class>/<image> and ROOT/val/<class>/<image>, or set --config.train_split '
+      'and --config.eval_split to its folder names.')
+
+
+def _class_indices(train_folder: pathlib.Path, imagenet_wnids: bool) -> tuple[dict, int]:
+  classes = sorted(p.name for p in train_folder.iterdir() if p.is_dir())
+  if not classes:
+    raise DataError(f'{train_folder} holds no class folders: put each class\'s images in '
+                    f'{train_folder}/<class name>/.')
+  if not imagenet_wnids:
+    return {name: i for i, name in enumerate(classes)}, len(classes)
+  import tensorflow_datasets as tfds
+  wnids = tfds.builder('imagenet2012').info.features['label'].names
+  unknown = sorted(set(classes) - set(wnids))
+  if unknown:
+    raise DataError(f'--config.imagenet_wnid_labels is set but {len(unknown)} class folders of '
+                    f'{train_folder} are not ImageNet wnids (e.g. {unknown[:3]}): rename them '
+                    'or set --config.imagenet_wnid_labels=false.')
+  return {name: wnids.index(name) for name in classes}, len(wnids)
+
+
+def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np.ndarray]:
+  """(paths, labels) of the readable images of one split, in sorted order."""
+  candidates = []
+  for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
+    if class_dir.name not in class_index:
+      raise DataError(f'{class_dir} is a class the train split does not have: add it to the '
+                      'train split or remove it.')
+    candidates += [(str(p), class_index[class_dir.name]) for p in sorted(class_dir.iterdir())
+                   if p.suffix.lower() in SUFFIXES]
+  with concurrent.futures.ThreadPoolExecutor(16) as pool:
+    reasons = list(pool.map(why_unreadable, [path for path, _ in candidates]))
+  kept = [c for c, reason in zip(candidates, reasons) if reason is None]
+  for (path, _), reason in zip(candidates, reasons):
+    if reason is not None:
+      logging.warning('Skipping %s: %s.', path, reason)
+  if len(kept) < len(candidates):
+    logging.warning('%s: %d of %d images skipped as unreadable (listed above).', folder,
+                    len(candidates) - len(kept), len(candidates))
+  if not kept:
+    raise DataError(f'{folder} holds no readable images ({", ".join(SUFFIXES)}).')
+  paths, labels = zip(*kept)
+  return np.asarray(paths), np.asarray(labels, np.int32)
+
+
+def create(config, host_batch: int, process_index: int, process_count: int):
+  root = pathlib.Path(config.dataset[len(PREFIX):]).expanduser()
+  if not root.is_dir():
+    raise DataError(f'--config.dataset={config.dataset}: {root} is not a folder.')
+  train_folder = _split_folder(root, config.train_split)
+  class_index, num_classes = _class_indices(train_folder, config.imagenet_wnid_labels)
+  splits = {config.train_split: list_images(train_folder, class_index),
+            config.eval_split: list_images(_split_folder(root, config.eval_split), class_index)}
+
+  def read(split: str, shuffle_seed: int | None):
+    paths, labels = splits[split]
+    # Every host takes every process_count-th file, so each sees all classes.
+    paths, labels = paths[process_index::process_count], labels[process_index::process_count]
+    if shuffle_seed is not None:   # a whole-epoch permutation: the files are sorted by class
+      order = np.random.default_rng(shuffle_seed).permutation(len(paths))
+      paths, labels = paths[order], labels[order]
+    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
+    return ds.map(lambda path, label: {'image': tf.io.read_file(path), 'label': label},
+                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+
+  return tf_batches.make_data(
+      read, config, name=str(root), num_classes=num_classes,
+      train_examples=len(splits[config.train_split][0]),
+      eval_examples=len(splits[config.eval_split][0]), host_batch=host_batch,
+      process_index=process_index, process_count=process_count)
