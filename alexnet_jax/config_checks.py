@@ -34,6 +34,9 @@ def check(config, num_devices: int) -> None:
        'set num_epochs or num_train_steps to a positive number.')
   need(config.eval_every_steps > 0 or config.eval_every_epochs > 0,
        'set eval_every_epochs or eval_every_steps to a positive number.')
+  need(not (config.eval_ten_crop and config.dataset == 'synthetic'),
+       'eval_ten_crop=True needs real images (a TFDS or image_folder dataset): the synthetic '
+       'images are made at the patch size and have no corners to crop.')
   if config.global_batch_size > 0 and config.global_batch_size % num_devices:
     problems.append(
         f'global_batch_size={config.global_batch_size} does not split evenly between '

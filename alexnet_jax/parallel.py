@@ -145,11 +145,24 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
 
 
 def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
-  """(params, batch) -> summed counts over the global batch; padding (mask 0) counts nowhere."""
+  """(params_list, batch) -> summed counts over the global batch.
 
-  def per_device(params, batch):
-    logits = model.apply({'params': params}, normalize_images(batch, mean_rgb, std_rgb), train=False)
-    return lax.psum(count_correct(logits, batch['label'], batch['mask']), BATCH_AXIS)
+  `params_list` holds one model's parameters, or several for an ensemble. An
+  image may come as several patches ([B, crops, S, S, 3], the paper's 10-crop
+  test); the softmax is averaged over patches and models, as in the paper.
+  Padding (mask 0) counts nowhere.
+  """
+
+  def per_device(params_list, batch):
+    images = normalize_images(batch, mean_rgb, std_rgb)
+    crops = images.shape[1] if images.ndim == 5 else 1
+    images = images.reshape(-1, *images.shape[-3:])
+    log_probs = [jax.nn.log_softmax(model.apply({'params': p}, images, train=False))
+                 for p in params_list]
+    # log of the mean softmax over models and patches, computed in log space.
+    log_probs = jnp.stack(log_probs).reshape(len(params_list), -1, crops, log_probs[0].shape[-1])
+    log_mean = jax.nn.logsumexp(log_probs, axis=(0, 2)) - jnp.log(len(params_list) * crops)
+    return lax.psum(count_correct(log_mean, batch['label'], batch['mask']), BATCH_AXIS)
 
   mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
                          out_specs=P(), check_vma=False)

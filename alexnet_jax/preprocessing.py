@@ -2,7 +2,8 @@
 
 Train: shorter side to `resize_size` (256), its centre square, a random
 `image_size` (224) patch of that square and its horizontal reflection with
-probability 1/2, and a PCA colour shift. Eval: the centre patch.
+probability 1/2, and a PCA colour shift. Eval: the centre patch, or the ten patches of
+the paper's test procedure (section 4.1).
 
 The crop window is mapped back to the original image so that only that window
 of the JPEG is decoded (`decode_and_crop_jpeg`), then resized to the patch
@@ -91,3 +92,17 @@ def eval_example(example, config):
   return {'image': resize_to_uint8(image, config.image_size),
           'label': tf.cast(example['label'], tf.int32),
           'mask': tf.constant(1.0, tf.float32)}
+
+
+def ten_crop_example(example, config):
+  """The paper's test patches: the four corner patches and the centre patch of the centre
+  square resized to `resize_size`, and their reflections: 'image' is [10, S, S, 3]."""
+  square = resize_to_uint8(decode_and_crop(example['image'], paper_window(1.0, 0.5, 0.5)),
+                           config.resize_size)
+  slack, size = config.resize_size - config.image_size, config.image_size
+  offsets = [(0, 0), (0, slack), (slack, 0), (slack, slack), (slack // 2, slack // 2)]
+  patches = tf.stack([square[y:y + size, x:x + size] for y, x in offsets])
+  return {'image': tf.concat([patches, tf.reverse(patches, axis=[2])], axis=0),
+          'label': tf.cast(example['label'], tf.int32),
+          'mask': tf.constant(1.0, tf.float32)}
+

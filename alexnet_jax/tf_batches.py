@@ -3,8 +3,9 @@ the TFDS and image-folder datasets.
 
 Every random draw is stateless, keyed by (seed, host, epoch, example index),
 and each epoch's shuffle has its own seed: the stream from any step on is a
-function of the seed and that step. Eval passes are padded to the same number
-of batches on every host, the padding masked out.
+function of the seed and that step. Eval passes (centre patch, or ten patches
+with `config.eval_ten_crop`) are padded to the same number of batches on every
+host, the padding masked out.
 """
 
 import itertools
@@ -62,11 +63,11 @@ def make_data(read: Reader, config, *, name: str, num_classes: int, train_exampl
 
   def eval_batches():
     ds = read(config.eval_split, None)
-    ds = ds.map(lambda ex: preprocessing.eval_example(ex, config),
+    example = preprocessing.ten_crop_example if config.eval_ten_crop else preprocessing.eval_example
+    ds = ds.map(lambda ex: example(ex, config),
                 num_parallel_calls=tf.data.AUTOTUNE).ignore_errors(log_warning=True)
-    size = config.image_size
     padding = tf.data.Dataset.from_tensors({
-        'image': tf.zeros([size, size, 3], tf.uint8),
+        'image': tf.zeros(ds.element_spec['image'].shape, tf.uint8),
         'label': tf.constant(0, tf.int32),
         'mask': tf.constant(0.0, tf.float32)}).repeat()
     ds = ds.concatenate(padding).take(eval_steps * host_batch)

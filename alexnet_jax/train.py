@@ -108,7 +108,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       if evaluate_now:
         eval_start = time.monotonic()
-        eval_metrics = evaluate.evaluate(eval_step, state.params, data, mesh)
+        eval_metrics = evaluate.evaluate(eval_step, [state.params], data, mesh)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
         if plateau.update(eval_metrics['top1_error']):
           logging.info('Validation top-1 error has not improved for %d evaluations: learning '

@@ -78,6 +78,26 @@ def test_eval_crop_is_the_papers_resize_then_centre_crop(height, width):
   assert difference.mean() < 2.0, difference.mean()
 
 
+def test_ten_crops_are_the_papers_corners_centre_and_reflections():
+  """Against Pillow: the centre square resized to 256, its four corner and centre 224 patches,
+  then each reflected."""
+  config = tiny_config('paper')
+  config.image_size, config.resize_size = 224, 256
+  image = _smooth_image(300, 450)
+  ours = preprocessing.ten_crop_example({'image': tf.constant(_jpeg(image)), 'label': 3}, config)
+  decoded = Image.open(io.BytesIO(_jpeg(image))).convert('RGB')
+  square = decoded.crop((75, 0, 375, 300)).resize((256, 256), Image.BILINEAR)
+  boxes = [(0, 0), (32, 0), (0, 32), (32, 32), (16, 16)]   # (left, top)
+  patches = [np.asarray(square.crop((x, y, x + 224, y + 224)), np.float32) for x, y in boxes]
+  reference = np.stack(patches + [p[:, ::-1] for p in patches])
+  got = ours['image'].numpy().astype(np.float32)
+  assert got.shape == (10, 224, 224, 3)
+  for i in range(10):
+    assert np.abs(got[i] - reference[i]).mean() < 2.0, i
+  # The patches differ from each other: a mix-up of corners would not pass the line above.
+  assert np.abs(reference[0] - reference[3]).mean() > 10
+
+
 def test_png_images_are_decoded_too():
   config = tiny_config('paper')
   image = _smooth_image(90, 120)

@@ -61,7 +61,7 @@ def test_eval_counts_every_real_example_once_and_no_padding():
   batch = _batches(config, 1, seed=1)[0]
   mask = np.array([1, 1, 1, 0, 1, 1, 0, 0], np.float32)   # 5 real examples
   counts = parallel.make_eval_step(model, MEAN, STD, mesh)(
-      params, parallel.shard_batch({**batch, 'mask': mask}, mesh))
+      [params], parallel.shard_batch({**batch, 'mask': mask}, mesh))
   # Reference: the model on the real examples alone, on one device, without the mapped step.
   real = mask.astype(bool)
   images = batch['image'][real].astype(np.float32) - np.float32(127.5)
@@ -73,6 +73,36 @@ def test_eval_counts_every_real_example_once_and_no_padding():
   assert float(counts['top5_correct']) == np.sum((top5 == labels[:, None]).any(1))
   ref_loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).sum()
   np.testing.assert_allclose(float(counts['loss_sum']), ref_loss, rtol=1e-5)
+
+
+def test_ensemble_of_patches_averages_the_softmax_over_models_and_patches():
+  config = _config()
+  mesh = parallel.make_mesh()
+  model = train.create_model(config, num_classes=10)
+  members = []
+  for seed in (0, 1):
+    config.seed = seed
+    members.append(jax.device_get(train.create_train_state(config, model, mesh).params))
+  rng = np.random.default_rng(3)
+  b, crops, size = config.global_batch_size, 3, config.image_size
+  images = rng.integers(0, 256, (b, crops, size, size, 3), dtype=np.uint8)
+  labels = rng.integers(0, 10, b).astype(np.int32)
+  mask = np.ones(b, np.float32)
+  counts = parallel.make_eval_step(model, MEAN, STD, mesh)(
+      members, parallel.shard_batch({'image': images, 'label': labels, 'mask': mask}, mesh))
+  # Reference: NumPy softmax of each model on each patch, averaged.
+  flat = images.reshape(-1, size, size, 3).astype(np.float32) - np.float32(127.5)
+  probs = []
+  for params in members:
+    logits = np.asarray(model.apply({'params': params}, flat, train=False), np.float64)
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    probs.append((e / e.sum(1, keepdims=True)).reshape(b, crops, 10))
+  mean = np.mean(probs, axis=(0, 2))
+  assert float(counts['top1_correct']) == np.sum(mean.argmax(1) == labels)
+  top5 = np.argsort(-mean, axis=1)[:, :5]
+  assert float(counts['top5_correct']) == np.sum((top5 == labels[:, None]).any(1))
+  np.testing.assert_allclose(float(counts['loss_sum']),
+                             -np.log(mean[np.arange(b), labels]).sum(), rtol=1e-5)
 
 
 def test_nothing_compiles_after_the_first_steps():
@@ -94,14 +124,14 @@ def test_nothing_compiles_after_the_first_steps():
   try:
     batches = parallel.prefetch_to_mesh(data.train_batches(0), mesh)
     state, _ = train_step(state, next(batches))
-    evaluate.evaluate(eval_step, state.params, data, mesh)
+    evaluate.evaluate(eval_step, [state.params], data, mesh)
     first = len(compiles)
     for step in range(2, 7):
       if step == 4:
         state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, 0.001))
       state, metrics = train_step(state, next(batches))
       jax.device_get(metrics)
-    evaluate.evaluate(eval_step, state.params, data, mesh)
+    evaluate.evaluate(eval_step, [state.params], data, mesh)
   finally:
     jax.monitoring.unregister_event_duration_listener(on_event)
   assert first >= 2   # the train and eval steps were compiled, and counted
