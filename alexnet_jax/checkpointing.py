@@ -20,15 +20,17 @@ from alexnet_jax.errors import ConfigError
 
 class Checkpoints:
 
-  def __init__(self, directory, keep: int):
-    self.directory = directory
+  def __init__(self, directory, keep: int = 1, read_only: bool = False):
+    """`keep` newest checkpoints are kept; `read_only` opens another run's, changing nothing."""
+    self.directory, self._read_only = directory, read_only
     self._manager = ocp.CheckpointManager(
         directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'loop_state': ocp.JsonCheckpointHandler()},
         # Synchronous: orbax 0.12.8's background save races with its own
         # temporary-folder creation on a busy host and loses the checkpoint.
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
+                                             read_only=read_only,
                                              enable_async_checkpointing=False))
     self._last_saved = self._manager.latest_step()
 
@@ -48,14 +50,19 @@ class Checkpoints:
         loop_state=ocp.args.JsonSave(loop_state)), force=True)
     self._last_saved = step
 
-  def restore_latest(self, state):
-    """(state, loop_state) from the newest readable checkpoint, placed as `state` is.
+  def all_steps(self) -> list[int]:
+    return sorted(self._manager.all_steps())
+
+  def restore_latest(self, state, step: int | None = None):
+    """(state, loop_state) from the newest readable checkpoint (or from `step`), placed as
+    `state` is.
 
     None if there is none. Raises ConfigError if the checkpoints hold another
     model's parameters.
     """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
-    for step in sorted(self._manager.all_steps(), reverse=True):
+    steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
+    for step in steps:
       try:
         saved = self._manager.item_metadata(step)['state']
         _check_same_shapes(saved, target, self.path(step))
@@ -73,6 +80,9 @@ class Checkpoints:
 
   def _set_aside(self, step: int, error: Exception) -> None:
     path = self.path(step)
+    if self._read_only:
+      raise ConfigError(f'Checkpoint {path} cannot be read ({type(error).__name__}: '
+                        f'{str(error).splitlines()[0] if str(error) else ""}).') from error
     logging.warning('Checkpoint %s cannot be read (%s: %s); it is renamed %s.unreadable and '
                     'an older checkpoint is restored instead.', path, type(error).__name__,
                     str(error).splitlines()[0] if str(error) else '', path)

@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import errors, input_pipeline, train
+from alexnet_jax.evaluate_workdirs import evaluate_workdirs
 from tests.conftest import IMAGENETTE, tiny_config
 
 pytestmark = pytest.mark.skipif(
@@ -93,7 +94,11 @@ def test_missing_split_folder_is_named(folder):
     input_pipeline.create(_config(folder), global_batch_size=4)
 
 
-def test_training_on_the_folder_runs_and_evaluates_every_image(folder, tmp_path):
+def test_training_on_the_folder_then_ten_patch_evaluation_of_every_image(folder, tmp_path):
   config = _config(folder, num_train_steps=3, eval_every_steps=3)
-  metrics = train.train_and_evaluate(config, str(tmp_path / 'work'))
+  workdir = str(tmp_path / 'work')
+  metrics = train.train_and_evaluate(config, workdir)
   assert metrics['examples'] == 4 and np.isfinite(metrics['loss'])
+  config.eval_ten_crop = True
+  ten = evaluate_workdirs(config, [workdir], 'latest')[workdir]
+  assert ten['examples'] == 4 and ten['step'] == 3 and np.isfinite(ten['loss'])

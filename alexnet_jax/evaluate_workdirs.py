@@ -1,0 +1,87 @@
+"""Evaluate trained workdirs without training, alone and as an ensemble.
+
+  python -m alexnet_jax.evaluate_workdirs --config=configs/alexnet.py \
+      --workdirs=/ckpt/a,/ckpt/b --checkpoint=best --config.eval_ten_crop=true
+
+Each workdir's checkpoint (`latest`, `best`, or a step number) is restored with
+the config it was trained with; each model's top-1 and top-5 error over the
+whole eval split is printed, and with several workdirs the error of their
+ensemble, whose softmax is the average of the members' (the paper's
+five-network result). `--config.eval_ten_crop=true` uses the paper's ten
+patches per image. Nothing in the workdirs is changed.
+"""
+
+import os
+import sys
+
+import jax
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from alexnet_jax import (checkpointing, config_checks, errors, evaluate, input_pipeline,
+                         parallel, train)
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the workdirs were '
+                                          'trained with.', lock_config=True)
+_WORKDIRS = flags.DEFINE_list('workdirs', None, 'Trained workdirs, comma-separated.')
+_CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
+                                  "'latest', 'best' (lowest validation error), or a step.")
+
+
+def restore_params(workdir: str, which: str, state):
+  """The parameters of checkpoint `which` of `workdir`, and its step."""
+  best = which == 'best'
+  directory = os.path.join(os.path.abspath(workdir), 'best' if best else 'checkpoints')
+  checkpoints = checkpointing.Checkpoints(directory, read_only=True) if os.path.isdir(
+      directory) else None
+  steps = checkpoints.all_steps() if checkpoints else []
+  if which not in ('latest', 'best') and not which.isdigit():
+    raise errors.ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
+  step = None if which in ('latest', 'best') else int(which)
+  if not steps or (step is not None and step not in steps):
+    raise errors.ConfigError(
+        f'{directory} holds no checkpoint{"" if step is None else f" of step {step}"} '
+        f'(it holds {steps or "none"}): check --workdirs and --checkpoint.')
+  restored, _ = checkpoints.restore_latest(state, step)
+  checkpoints.close()
+  return restored.params, int(jax.device_get(restored.step))
+
+
+def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
+  """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
+  mesh = parallel.make_mesh()
+  config_checks.check(config, mesh.size)
+  data = input_pipeline.create(config, config.global_batch_size)
+  model = train.create_model(config, data.num_classes)
+  template = train.create_train_state(config, model, mesh)
+  eval_step = parallel.make_eval_step(model, config.mean_rgb, config.std_rgb, mesh)
+  members, results = [], {}
+  for workdir in workdirs:
+    params, step = restore_params(workdir, which, template)
+    members.append(params)
+    results[workdir] = {**evaluate.evaluate(eval_step, [params], data, mesh), 'step': step}
+    logging.info('%s (step %d): %s', workdir, step, results[workdir])
+  if len(members) > 1:
+    results['ensemble'] = evaluate.evaluate(eval_step, members, data, mesh)
+  return results
+
+
+def main(argv):
+  del argv
+  config = _CONFIG.value
+  patches = 'ten patches' if config.eval_ten_crop else 'the centre patch'
+  try:
+    results = evaluate_workdirs(config, _WORKDIRS.value, _CHECKPOINT.value)
+  except errors.UserFacingError as e:
+    sys.exit(f'error: {e}')
+  print(f'{config.dataset}:{config.eval_split}, {patches} per image')
+  print('| model | step | top-1 error | top-5 error | images |')
+  print('|---|---|---|---|---|')
+  for name, m in results.items():
+    print(f'| {name} | {m.get("step", "-")} | {m["top1_error"]:.4f} | {m["top5_error"]:.4f} '
+          f'| {int(m["examples"])} |')
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config', 'workdirs'])
+  app.run(main)
