@@ -161,5 +161,5 @@ def test_bad_fields_are_named(tmp_path, field, value):
 
 def test_unknown_variant_of_the_config_file_is_named():
   from configs import alexnet
-  with pytest.raises(ValueError, match='paper, owt or demo'):
+  with pytest.raises(ValueError, match='paper, owt, demo or imagenette'):
     alexnet.get_config('resnet')
