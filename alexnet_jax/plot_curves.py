@@ -1,0 +1,69 @@
+"""Training curves of a workdir as a PNG: `python -m alexnet_jax.plot_curves WORKDIR OUT.png`.
+
+Reads the scalars the trainer wrote to TensorBoard event files in WORKDIR and
+plots, against epochs, the training and validation loss (left) and the
+validation top-1 and top-5 error (right).
+"""
+
+import glob
+import os
+import sys
+
+import matplotlib
+import numpy as np
+
+matplotlib.use('Agg')   # files only, no display
+from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
+
+
+def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
+  """{tag: [(step, value), ...]} from every event file of `workdir`, sorted by step."""
+  import tensorflow as tf
+  scalars = {}
+  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
+    for record in tf.data.TFRecordDataset(path):
+      event = tf.compat.v1.Event.FromString(record.numpy())
+      for value in event.summary.value:
+        if value.HasField('tensor') and not value.tensor.string_val:
+          array = tf.make_ndarray(value.tensor)
+          if array.ndim == 0:   # scalars only; images and hyperparameters are not plotted
+            scalars.setdefault(value.tag, {})[event.step] = float(array)
+        elif value.HasField('simple_value'):
+          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
+  return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def plot(workdir: str, out_path: str) -> None:
+  scalars = read_scalars(workdir)
+  if 'train/epoch' not in scalars or 'eval/top1_error' not in scalars:
+    raise SystemExit(f'{workdir} has no training and evaluation summaries to plot.')
+  # Steps to epochs, from the epochs logged with the training metrics.
+  steps, epochs = zip(*scalars['train/epoch'])
+  to_epoch = lambda s: np.interp(s, (0,) + steps, (0.0,) + epochs)  # noqa: E731
+
+  def series(tag):
+    points = scalars.get(tag, [])
+    return [to_epoch(s) for s, _ in points], [v for _, v in points]
+
+  fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4))
+  left.plot(*series('train/loss'), label='train loss')
+  left.plot(*series('eval/loss'), 'o-', label='validation loss')
+  left.set_xlabel('epoch')
+  left.set_ylabel('cross-entropy')
+  left.legend()
+  right.plot(*series('eval/top1_error'), 'o-', label='validation top-1 error')
+  right.plot(*series('eval/top5_error'), 'o-', label='validation top-5 error')
+  right.set_xlabel('epoch')
+  right.set_ylabel('error')
+  right.set_ylim(0, 1)
+  right.grid(alpha=0.3)
+  right.legend()
+  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig.tight_layout()
+  fig.savefig(out_path, dpi=100)
+
+
+if __name__ == '__main__':
+  if len(sys.argv) != 3:
+    raise SystemExit(__doc__.splitlines()[0])
+  plot(sys.argv[1], sys.argv[2])

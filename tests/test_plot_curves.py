@@ -1,0 +1,19 @@
+"""The curve plot reads back what the trainer's writer wrote, and draws it."""
+
+from clu import metric_writers
+
+from alexnet_jax import plot_curves
+
+
+def test_scalars_written_by_the_trainer_are_read_back_and_plotted(tmp_path):
+  writer = metric_writers.create_default_writer(str(tmp_path))
+  for step in (10, 20, 30):
+    writer.write_scalars(step, {'train/loss': 3.0 - step / 10, 'train/epoch': step / 10})
+  writer.write_scalars(20, {'eval/loss': 1.5, 'eval/top1_error': 0.6, 'eval/top5_error': 0.2})
+  writer.flush()
+  scalars = plot_curves.read_scalars(str(tmp_path))
+  assert scalars['train/loss'] == [(10, 2.0), (20, 1.0), (30, 0.0)]
+  assert scalars['eval/top1_error'] == [(20, 0.6000000238418579)]
+  out = tmp_path / 'curves.png'
+  plot_curves.plot(str(tmp_path), str(out))
+  assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
