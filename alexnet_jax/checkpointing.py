@@ -95,6 +95,24 @@ class Checkpoints:
     self._manager.close()
 
 
+def restore_params(workdir: str, which: str, state):
+  """(params, step) of checkpoint `which` ('latest', 'best' or a step) of a trained workdir,
+  placed as `state` is; the workdir is only read."""
+  if which not in ('latest', 'best') and not which.isdigit():
+    raise ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
+  step = int(which) if which.isdigit() else None
+  directory = os.path.join(os.path.abspath(workdir), 'best' if which == 'best' else 'checkpoints')
+  checkpoints = Checkpoints(directory, read_only=True) if os.path.isdir(directory) else None
+  steps = checkpoints.all_steps() if checkpoints else []
+  if not steps or (step is not None and step not in steps):
+    raise ConfigError(
+        f'{directory} holds no checkpoint{"" if step is None else f" of step {step}"} '
+        f'(it holds {steps or "none"}): check the workdir and --checkpoint.')
+  restored, _ = checkpoints.restore_latest(state, step)
+  checkpoints.close()
+  return restored.params, int(jax.device_get(restored.step))
+
+
 def _arrays(state) -> dict:
   return {'step': state.step, 'params': state.params, 'opt_state': state.opt_state}
 

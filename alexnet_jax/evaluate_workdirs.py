@@ -11,10 +11,8 @@ five-network result). `--config.eval_ten_crop=true` uses the paper's ten
 patches per image. Nothing in the workdirs is changed.
 """
 
-import os
 import sys
 
-import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -28,25 +26,6 @@ _CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
                                   "'latest', 'best' (lowest validation error), or a step.")
 
 
-def restore_params(workdir: str, which: str, state):
-  """The parameters of checkpoint `which` of `workdir`, and its step."""
-  best = which == 'best'
-  directory = os.path.join(os.path.abspath(workdir), 'best' if best else 'checkpoints')
-  checkpoints = checkpointing.Checkpoints(directory, read_only=True) if os.path.isdir(
-      directory) else None
-  steps = checkpoints.all_steps() if checkpoints else []
-  if which not in ('latest', 'best') and not which.isdigit():
-    raise errors.ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
-  step = None if which in ('latest', 'best') else int(which)
-  if not steps or (step is not None and step not in steps):
-    raise errors.ConfigError(
-        f'{directory} holds no checkpoint{"" if step is None else f" of step {step}"} '
-        f'(it holds {steps or "none"}): check --workdirs and --checkpoint.')
-  restored, _ = checkpoints.restore_latest(state, step)
-  checkpoints.close()
-  return restored.params, int(jax.device_get(restored.step))
-
-
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
   mesh = parallel.make_mesh()
@@ -57,7 +36,7 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   eval_step = parallel.make_eval_step(model, config.mean_rgb, config.std_rgb, mesh)
   members, results = [], {}
   for workdir in workdirs:
-    params, step = restore_params(workdir, which, template)
+    params, step = checkpointing.restore_params(workdir, which, template)
     members.append(params)
     results[workdir] = {**evaluate.evaluate(eval_step, [params], data, mesh), 'step': step}
     logging.info('%s (step %d): %s', workdir, step, results[workdir])

@@ -64,13 +64,14 @@ def _split_folder(root: pathlib.Path, split: str) -> pathlib.Path:
       'and --config.eval_split to its folder names.')
 
 
-def _class_indices(train_folder: pathlib.Path, imagenet_wnids: bool) -> tuple[dict, int]:
+def _class_indices(train_folder: pathlib.Path, imagenet_wnids: bool) -> tuple[dict, list]:
+  """{folder name: class index} and the names of all classes by index."""
   classes = sorted(p.name for p in train_folder.iterdir() if p.is_dir())
   if not classes:
     raise DataError(f'{train_folder} holds no class folders: put each class\'s images in '
                     f'{train_folder}/<class name>/.')
   if not imagenet_wnids:
-    return {name: i for i, name in enumerate(classes)}, len(classes)
+    return {name: i for i, name in enumerate(classes)}, classes
   import tensorflow_datasets as tfds
   wnids = tfds.builder('imagenet2012').info.features['label'].names
   unknown = sorted(set(classes) - set(wnids))
@@ -78,7 +79,7 @@ def _class_indices(train_folder: pathlib.Path, imagenet_wnids: bool) -> tuple[di
     raise DataError(f'--config.imagenet_wnid_labels is set but {len(unknown)} class folders of '
                     f'{train_folder} are not ImageNet wnids (e.g. {unknown[:3]}): rename them '
                     'or set --config.imagenet_wnid_labels=false.')
-  return {name: wnids.index(name) for name in classes}, len(wnids)
+  return {name: wnids.index(name) for name in classes}, list(wnids)
 
 
 def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -110,7 +111,7 @@ def create(config, host_batch: int, process_index: int, process_count: int):
   if not root.is_dir():
     raise DataError(f'--config.dataset={config.dataset}: {root} is not a folder.')
   train_folder = _split_folder(root, config.train_split)
-  class_index, num_classes = _class_indices(train_folder, config.imagenet_wnid_labels)
+  class_index, class_names = _class_indices(train_folder, config.imagenet_wnid_labels)
   splits = {config.train_split: list_images(train_folder, class_index),
             config.eval_split: list_images(_split_folder(root, config.eval_split), class_index)}
 
@@ -126,7 +127,7 @@ def create(config, host_batch: int, process_index: int, process_count: int):
                   num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
   return tf_batches.make_data(
-      read, config, name=str(root), num_classes=num_classes,
+      read, config, name=str(root), num_classes=len(class_names), class_names=class_names,
       train_examples=len(splits[config.train_split][0]),
       eval_examples=len(splits[config.eval_split][0]), host_batch=host_batch,
       process_index=process_index, process_count=process_count)

@@ -35,6 +35,9 @@ class Data:
   train_batches: Callable[[int], Iterator[dict]]
   # eval_batches(): one pass over this host's share of the validation split.
   eval_batches: Callable[[], Iterator[dict]]
+  # Names of the classes by index where the source has them (TFDS label names,
+  # folder names); empty otherwise.
+  class_names: tuple[str, ...] = ()
 
 
 def create(config, global_batch_size: int) -> Data:

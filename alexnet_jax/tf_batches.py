@@ -28,8 +28,8 @@ def epoch_seed(seed: int, process_index: int, epoch: int) -> int:
 
 
 def make_data(read: Reader, config, *, name: str, num_classes: int, train_examples: int,
-              eval_examples: int, host_batch: int, process_index: int,
-              process_count: int) -> input_pipeline.Data:
+              eval_examples: int, host_batch: int, process_index: int, process_count: int,
+              class_names=()) -> input_pipeline.Data:
   global_batch = host_batch * process_count
   steps_per_epoch = train_examples // global_batch
   if steps_per_epoch == 0:
@@ -75,4 +75,5 @@ def make_data(read: Reader, config, *, name: str, num_classes: int, train_exampl
 
   return input_pipeline.Data(
       num_classes=num_classes, train_examples=train_examples, eval_examples=eval_examples,
-      eval_steps=eval_steps, train_batches=train_batches, eval_batches=eval_batches)
+      eval_steps=eval_steps, train_batches=train_batches, eval_batches=eval_batches,
+      class_names=tuple(class_names))

@@ -67,4 +67,4 @@ def create(config, host_batch: int, process_index: int, process_count: int):
   return tf_batches.make_data(
       read, config, name=config.dataset, num_classes=num_classes, train_examples=train_examples,
       eval_examples=eval_examples, host_batch=host_batch, process_index=process_index,
-      process_count=process_count)
+      process_count=process_count, class_names=builder.info.features['label'].names)
