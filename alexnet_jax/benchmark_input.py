@@ -53,7 +53,6 @@ def tf_data_images_per_s(files, config, threads: int, batch: int) -> float:
 
 def pillow_images_per_s(files, config, batch: int) -> float:
   from PIL import Image
-  from alexnet_jax.preprocessing import PCA_EIGVAL, PCA_EIGVEC
   rng = np.random.default_rng(0)
   size, resize = config.image_size, config.resize_size
   start, images, shifts = time.perf_counter(), [], []
@@ -69,7 +68,8 @@ def pillow_images_per_s(files, config, batch: int) -> float:
       if rng.random() < 0.5:
         image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
       images.append(np.asarray(image))
-      shifts.append(PCA_EIGVEC @ (rng.normal(0, config.pca_lighting_std, 3) * PCA_EIGVAL))
+      alpha = rng.normal(0, config.pca_lighting_std, 3)
+      shifts.append(np.asarray(config.pca_eigvec) @ (alpha * np.asarray(config.pca_eigval)))
     if len(images) == batch:
       np.stack(images), np.stack(shifts)
       images, shifts = [], []

@@ -16,20 +16,19 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import (checkpointing, config_checks, errors, evaluate, input_pipeline,
-                         parallel, train)
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the workdirs were '
-                                          'trained with.', lock_config=True)
-_WORKDIRS = flags.DEFINE_list('workdirs', None, 'Trained workdirs, comma-separated.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest',
-                                  "'latest', 'best' (lowest validation error), or a step.")
-
+from alexnet_jax import (checkpointing, color_stats, config_checks, errors, evaluate,
+                         input_pipeline, parallel, train)
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
   mesh = parallel.make_mesh()
   config_checks.check(config, mesh.size)
+  # The mean pixel each workdir was trained with (its own, with color_stats=computed).
+  resolved = [color_stats.resolve(config, workdir) for workdir in workdirs]
+  if any(tuple(r.mean_rgb) != tuple(resolved[0].mean_rgb) for r in resolved):
+    raise errors.ConfigError('These workdirs were trained with different mean pixels '
+                             '(color_stats=computed): evaluate them one at a time.')
+  config = resolved[0]
   data = input_pipeline.create(config, config.global_batch_size)
   model = train.create_model(config, data.num_classes)
   template = train.create_train_state(config, model, mesh)
@@ -47,10 +46,10 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
 
 def main(argv):
   del argv
-  config = _CONFIG.value
+  config = flags.FLAGS.config
   patches = 'ten patches' if config.eval_ten_crop else 'the centre patch'
   try:
-    results = evaluate_workdirs(config, _WORKDIRS.value, _CHECKPOINT.value)
+    results = evaluate_workdirs(config, flags.FLAGS.workdirs, flags.FLAGS.checkpoint)
   except errors.UserFacingError as e:
     sys.exit(f'error: {e}')
   print(f'{config.dataset}:{config.eval_split}, {patches} per image')
@@ -62,5 +61,11 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run as a command, so that other modules and tests can import it.
+  config_flags.DEFINE_config_file('config', None, 'The config the workdirs were trained with.',
+                                  lock_config=True)
+  flags.DEFINE_list('workdirs', None, 'Trained workdirs, comma-separated.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' (lowest validation error), "
+                      'or a step.')
   flags.mark_flags_as_required(['config', 'workdirs'])
   app.run(main)

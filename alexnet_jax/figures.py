@@ -24,19 +24,10 @@ from absl import app, flags
 from clu import metric_writers
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing, errors, input_pipeline, parallel, train
+from alexnet_jax import checkpointing, color_stats, errors, input_pipeline, parallel, train
 
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained '
-                                          'with.', lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'The trained workdir.')
-_CHECKPOINT = flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best', or a step.")
-_OUT = flags.DEFINE_string('out', None, 'Folder for the PNG files; default WORKDIR/figures.')
-_IMAGES = flags.DEFINE_integer('images', 8, 'Validation images in figure 4.')
-_POOL = flags.DEFINE_integer('neighbour_pool', 2048, 'Training images searched for neighbours.')
-
 
 def kernel_grid(kernel: np.ndarray, columns: int) -> np.ndarray:
   """conv1's kernel [k, k, 3, n] as one RGB image of n patches, each scaled to [0, 1]."""
@@ -91,6 +82,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
                  pool_size: int) -> dict[str, str]:
   """Writes the three PNG files to `out` and their images to TensorBoard; {name: path}."""
   mesh = parallel.make_mesh()
+  config = color_stats.resolve(config, workdir)
   data = input_pipeline.create(config, config.global_batch_size)
   model = train.create_model(config, data.num_classes)
   template = train.create_train_state(config, model, mesh)
@@ -154,10 +146,11 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
 
 def main(argv):
   del argv
-  out = _OUT.value or os.path.join(_WORKDIR.value, 'figures')
+  FLAGS = flags.FLAGS
   try:
-    paths = make_figures(_CONFIG.value, _WORKDIR.value, _CHECKPOINT.value, out, _IMAGES.value,
-                         _POOL.value)
+    paths = make_figures(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
+                         FLAGS.out or os.path.join(FLAGS.workdir, 'figures'), FLAGS.images,
+                         FLAGS.neighbour_pool)
   except errors.UserFacingError as e:
     sys.exit(f'error: {e}')
   for path in paths.values():
@@ -165,5 +158,13 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run as a command, so that other modules and tests can import it.
+  config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.',
+                                  lock_config=True)
+  flags.DEFINE_string('workdir', None, 'The trained workdir.')
+  flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best', or a step.")
+  flags.DEFINE_string('out', None, 'Folder for the PNG files; default WORKDIR/figures.')
+  flags.DEFINE_integer('images', 8, 'Validation images in figure 4.')
+  flags.DEFINE_integer('neighbour_pool', 2048, 'Training images searched for neighbours.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(main)

@@ -16,16 +16,7 @@ returned as 'rgb_shift' and added on the device (`parallel.normalize_images`),
 so that only uint8 pixels cross to the device.
 """
 
-import numpy as np
 import tensorflow as tf
-
-# ImageNet's RGB covariance in 0-255 units: eigenvalues and eigenvectors (as
-# columns), the values used since fb.resnet.torch; the paper used its own.
-PCA_EIGVAL = np.array([55.46, 4.794, 1.148], np.float32)
-PCA_EIGVEC = np.array([[-0.5675, 0.7192, 0.4009],
-                       [-0.5808, -0.0045, -0.8140],
-                       [-0.5836, -0.6948, 0.4203]], np.float32)
-
 
 def decode_and_crop(image_bytes, window):
   """Decodes only the window that `window(height, width)` -> (y, x, side) chooses."""
@@ -81,7 +72,9 @@ def train_example(example_seed, example, config):
   batch = {'image': image, 'label': tf.cast(example['label'], tf.int32)}
   if config.pca_lighting_std > 0:
     alpha = tf.random.stateless_normal([3], light_seed, stddev=config.pca_lighting_std)
-    batch['rgb_shift'] = tf.linalg.matvec(PCA_EIGVEC, alpha * PCA_EIGVAL)
+    eigval = tf.constant(config.pca_eigval, tf.float32)
+    eigvec = tf.constant(config.pca_eigvec, tf.float32)   # eigenvectors as columns
+    batch['rgb_shift'] = tf.linalg.matvec(eigvec, alpha * eigval)
   return batch
 
 

@@ -12,8 +12,8 @@ from clu import metric_writers, parameter_overview, periodic_actions
 from flax.training import train_state
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from alexnet_jax import (checkpointing, config_checks, errors, evaluate, input_pipeline, models,
-                         optim, parallel)
+from alexnet_jax import (checkpointing, color_stats, config_checks, errors, evaluate,
+                         input_pipeline, models, optim, parallel)
 from alexnet_jax import preemption as preemption_lib
 
 
@@ -47,6 +47,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.make_mesh()
   config_checks.check(config, mesh.size)
   config_checks.check_workdir(workdir)
+  config = color_stats.resolve(config, workdir)
   data = input_pipeline.create(config, config.global_batch_size)
   steps_per_epoch = data.train_examples // config.global_batch_size
   num_steps = _steps(config.num_train_steps, config.num_epochs, steps_per_epoch)

@@ -1,0 +1,52 @@
+"""The training set's mean pixel and RGB principal components, stored with the run and used."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax import color_stats, errors, train
+from tests.conftest import tiny_config
+
+COLOURS = {'a': (200, 100, 50), 'b': (100, 50, 150)}
+
+
+@pytest.fixture
+def two_colour_folder(tmp_path):
+  """Half the images one flat colour, half another: mean and covariance known by hand."""
+  for split, count in (('train', 8), ('val', 2)):
+    for name, colour in COLOURS.items():
+      (tmp_path / split / name).mkdir(parents=True)
+      for i in range(count):
+        Image.new('RGB', (80 + 7 * i, 70), colour).save(tmp_path / split / name / f'{i}.png')
+  config = tiny_config()
+  config.dataset = f'image_folder:{tmp_path}'
+  config.global_batch_size = 4
+  return config
+
+
+def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_folder):
+  stats = color_stats.compute(two_colour_folder, max_images=16)
+  assert stats['images'] == 16
+  np.testing.assert_allclose(stats['mean_rgb'], [150, 75, 100], atol=1e-6)
+  # The two colours are mean +- d/2, d = (100, 50, -100), |d| = 150: one component of variance
+  # (150 / 2)^2 along d, none across it.
+  np.testing.assert_allclose(stats['pca_eigval'], [5625, 0, 0], atol=1e-3)
+  top = np.asarray(stats['pca_eigvec'])[:, 0]
+  np.testing.assert_allclose(np.abs(top), [2 / 3, 1 / 3, 2 / 3], atol=1e-6)
+  assert top[0] * top[2] < 0
+
+
+def test_computed_statistics_are_required_then_used_by_the_run(two_colour_folder, tmp_path):
+  config = two_colour_folder
+  config.color_stats = 'computed'
+  config.num_train_steps, config.eval_every_steps = 2, 2
+  workdir = str(tmp_path / 'work')
+  with pytest.raises(errors.ConfigError, match='python -m alexnet_jax.color_stats'):
+    train.train_and_evaluate(config, workdir)
+  color_stats.save(color_stats.compute(config, max_images=16), workdir)
+  resolved = color_stats.resolve(config, workdir)
+  np.testing.assert_allclose(resolved.mean_rgb, [150, 75, 100], atol=1e-6)
+  assert resolved.pca_eigval[0] == pytest.approx(5625, rel=1e-6)
+  assert tuple(config.mean_rgb) != tuple(resolved.mean_rgb)   # the caller's config is untouched
+  metrics = train.train_and_evaluate(config, workdir)
+  assert metrics['examples'] == 4
