@@ -40,7 +40,10 @@ def compute(config, max_images: int) -> dict:
   covariance = outer / count - np.outer(mean, mean)
   eigval, eigvec = np.linalg.eigh(covariance)
   order = np.argsort(eigval)[::-1]
-  return {'mean_rgb': mean.tolist(), 'pca_eigval': eigval[order].tolist(),
+  # The paper's eigenvalues are those of pixels in [0, 1]; times 255, the colour shift
+  # P (alpha * eigval) comes out in 0-255 pixel units (the convention of config.pca_eigval).
+  eigval = eigval[order] / 255.0
+  return {'mean_rgb': mean.tolist(), 'pca_eigval': eigval.tolist(),
           'pca_eigvec': eigvec[:, order].tolist(), 'images': images}
 
 

@@ -33,8 +33,9 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet's mean pixel, subtracted on the device
   config.std_rgb = (1.0, 1.0, 1.0)  # the paper feeds raw pixel values minus the mean
   config.pca_lighting_std = 0.1    # std of the PCA colour-shift coefficients; 0 turns it off
-  # ImageNet's RGB covariance in 0-255 units, the values used since fb.resnet.torch
-  # (the paper used its own): eigenvalues, and eigenvectors as columns.
+  # ImageNet's RGB principal components, the values used since fb.resnet.torch (the paper
+  # used its own): eigenvalues of the covariance of pixels in [0, 1] times 255, so that the
+  # shift eigvec @ (alpha * eigval) is in 0-255 pixel units; eigenvectors as columns.
   config.pca_eigval = (55.46, 4.794, 1.148)
   config.pca_eigvec = ((-0.5675, 0.7192, 0.4009),
                        (-0.5808, -0.0045, -0.8140),

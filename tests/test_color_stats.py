@@ -29,8 +29,8 @@ def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_f
   assert stats['images'] == 16
   np.testing.assert_allclose(stats['mean_rgb'], [150, 75, 100], atol=1e-6)
   # The two colours are mean +- d/2, d = (100, 50, -100), |d| = 150: one component of variance
-  # (150 / 2)^2 along d, none across it.
-  np.testing.assert_allclose(stats['pca_eigval'], [5625, 0, 0], atol=1e-3)
+  # (150 / 2)^2 along d, none across it; in [0, 1] units times 255, 75^2 / 255.
+  np.testing.assert_allclose(stats['pca_eigval'], [75**2 / 255, 0, 0], atol=1e-6)
   top = np.asarray(stats['pca_eigvec'])[:, 0]
   np.testing.assert_allclose(np.abs(top), [2 / 3, 1 / 3, 2 / 3], atol=1e-6)
   assert top[0] * top[2] < 0
@@ -46,7 +46,7 @@ def test_computed_statistics_are_required_then_used_by_the_run(two_colour_folder
   color_stats.save(color_stats.compute(config, max_images=16), workdir)
   resolved = color_stats.resolve(config, workdir)
   np.testing.assert_allclose(resolved.mean_rgb, [150, 75, 100], atol=1e-6)
-  assert resolved.pca_eigval[0] == pytest.approx(5625, rel=1e-6)
+  assert resolved.pca_eigval[0] == pytest.approx(75**2 / 255, rel=1e-6)
   assert tuple(config.mean_rgb) != tuple(resolved.mean_rgb)   # the caller's config is untouched
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics['examples'] == 4
