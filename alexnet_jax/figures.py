@@ -62,15 +62,33 @@ def _features_and_probs(model, params, images: np.ndarray, mean, std):
   return np.asarray(features, np.float32), np.asarray(probs)
 
 
-def _take(batches, n: int, masked: bool):
+def _take(batches, n: int):
+  """The first n images and labels of training batches."""
   images, labels = [], []
   for batch in batches:
-    keep = batch['mask'] > 0 if masked else np.ones(len(batch['label']), bool)
-    images.append(batch['image'][keep])
-    labels.append(batch['label'][keep])
+    images.append(batch['image'])
+    labels.append(batch['label'])
     if sum(len(x) for x in labels) >= n:
       break
   return np.concatenate(images)[:n], np.concatenate(labels)[:n]
+
+
+def _one_per_class(batches, n: int):
+  """n validation images of as many different classes as one pass finds (folders come
+  sorted by class, so the first n images would all be of one)."""
+  firsts, rest = {}, []
+  for batch in batches:
+    for image, label, mask in zip(batch['image'], batch['label'], batch['mask']):
+      if mask == 0:
+        continue
+      if int(label) in firsts:
+        rest.append((image, int(label)))
+      else:
+        firsts[int(label)] = (image, int(label))
+    if len(firsts) >= n:
+      break
+  picked = (list(firsts.values()) + rest)[:n]
+  return np.stack([image for image, _ in picked]), np.asarray([label for _, label in picked])
 
 
 def _canvas(fig) -> np.ndarray:
@@ -100,7 +118,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   plt.title(f'conv1: {kernel.shape[-1]} kernels of {kernel.shape[0]}x{kernel.shape[1]}x3')
   figures['conv1_kernels'] = fig
 
-  val_images, val_labels = _take(data.eval_batches(), num_images, masked=True)
+  val_images, val_labels = _one_per_class(data.eval_batches(), num_images)
   val_features, val_probs = _features_and_probs(model, params, val_images, mean, std)
   fig, axes = plt.subplots(2, len(val_images), figsize=(2.2 * len(val_images), 4.6),
                            squeeze=False)
@@ -117,7 +135,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   fig.tight_layout()
   figures['top5'] = fig
 
-  pool_images, _ = _take(data.train_batches(0), pool_size, masked=False)
+  pool_images, _ = _take(data.train_batches(0), pool_size)
   pool_features = np.concatenate([
       _features_and_probs(model, params, pool_images[i:i + 256], mean, std)[0]
       for i in range(0, len(pool_images), 256)])
