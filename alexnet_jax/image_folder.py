@@ -7,8 +7,8 @@ train split's class folders; with `--config.imagenet_wnid_labels`, folders
 named by ImageNet wnids take their ImageNet-1k index instead, so a model
 trained on ImageNet evaluates on the folder with the right labels.
 
-JPEG, PNG, GIF and BMP files of any size are read, grayscale and alpha
-turned into RGB, through the same preprocessing as ImageNet. A file that is
+JPEG, PNG, GIF and BMP files of any size are read, grayscale, CMYK and
+alpha turned into RGB, through the same preprocessing as ImageNet. A file that is
 empty, truncated (no end marker) or not an image at all is logged with its
 path, counted and left out before the epoch is laid out.
 """

@@ -8,8 +8,8 @@ the paper's test procedure (section 4.1).
 The crop window is mapped back to the original image so that only that window
 of the JPEG is decoded (`decode_and_crop_jpeg`), then resized to the patch
 size: the same patch as resizing first and cropping second, at a fraction of
-the decoding work. Grayscale JPEGs and other formats (PNG, GIF, BMP) decode to
-RGB.
+the decoding work. Grayscale and CMYK JPEGs and other formats (PNG, GIF, BMP)
+decode to RGB.
 
 An example is {'image': encoded bytes, 'label': int}. The colour shift is
 returned as 'rgb_shift' and added on the device (`parallel.normalize_images`),

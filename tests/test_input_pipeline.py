@@ -98,6 +98,18 @@ def test_ten_crops_are_the_papers_corners_centre_and_reflections():
   assert np.abs(reference[0] - reference[3]).mean() > 10
 
 
+def test_cmyk_jpeg_becomes_the_same_rgb_as_pillow_gives():
+  config = tiny_config('paper')
+  rgb = np.zeros((80, 100, 3), np.uint8)
+  rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 60, 30
+  cmyk = io.BytesIO()
+  Image.fromarray(rgb).convert('CMYK').save(cmyk, format='JPEG', quality=95)
+  ours = preprocessing.eval_example({'image': tf.constant(cmyk.getvalue()), 'label': 0}, config)
+  reference = np.asarray(Image.open(io.BytesIO(cmyk.getvalue())).convert('RGB'), np.float32)
+  np.testing.assert_allclose(ours['image'].numpy().reshape(-1, 3).mean(0),
+                             reference.reshape(-1, 3).mean(0), atol=2)
+
+
 def test_png_images_are_decoded_too():
   config = tiny_config('paper')
   image = _smooth_image(90, 120)
