@@ -5,7 +5,8 @@ decode of the crop window only, resize, reflection, PCA colour shift) in tf.data
 batching, on JPEG files under a folder (by default ../shared/data/imagenette/train),
 for 1 thread and for every core. Beside it, a plain Pillow loop does the same work
 (decode, shorter side to 256, centre square, random patch, reflection, colour shift,
-stacking) on one core. It reports images/s and images/s per core used.
+stacking) on one core. It reports images/s, the cores the process kept busy (its CPU
+time over wall time) and images/s per core used.
 
   python -m alexnet_jax.benchmark_input --root=../shared/data/imagenette/train --images=2000
 """
@@ -13,6 +14,7 @@ stacking) on one core. It reports images/s and images/s per core used.
 import argparse
 import os
 import pathlib
+import resource
 import time
 
 import numpy as np
@@ -26,6 +28,23 @@ def _files(root: str, limit: int) -> list[str]:
   if not files:
     raise SystemExit(f'No JPEG or PNG files under {root}: pass --root=FOLDER.')
   return files[:limit]
+
+
+class _Clock:
+  """Wall time, and the cores used: this process's CPU time (all threads) over wall time."""
+
+  def __enter__(self):
+    self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
+    return self
+
+  def __exit__(self, *exc):
+    self.wall = time.perf_counter() - self._wall
+    self.cores = (_cpu_seconds() - self._cpu) / self.wall
+
+
+def _cpu_seconds() -> float:
+  usage = resource.getrusage(resource.RUSAGE_SELF)
+  return usage.ru_utime + usage.ru_stime
 
 
 def tf_data_images_per_s(files, config, threads: int, batch: int) -> float:
@@ -46,16 +65,17 @@ def tf_data_images_per_s(files, config, threads: int, batch: int) -> float:
         .prefetch(2).with_options(options))
   for _ in ds.take(1):   # build the pipeline and warm the file cache
     pass
-  start = time.perf_counter()
-  count = sum(b['image'].shape[0] for b in ds.as_numpy_iterator())
-  return count / (time.perf_counter() - start)
+  with _Clock() as clock:
+    count = sum(b['image'].shape[0] for b in ds.as_numpy_iterator())
+  return count / clock.wall, clock.cores
 
 
 def pillow_images_per_s(files, config, batch: int) -> float:
   from PIL import Image
   rng = np.random.default_rng(0)
   size, resize = config.image_size, config.resize_size
-  start, images, shifts = time.perf_counter(), [], []
+  images, shifts = [], []
+  clock = _Clock().__enter__()
   for path in files:
     with Image.open(path) as image:
       image = image.convert('RGB')
@@ -73,7 +93,8 @@ def pillow_images_per_s(files, config, batch: int) -> float:
     if len(images) == batch:
       np.stack(images), np.stack(shifts)
       images, shifts = [], []
-  return len(files) / (time.perf_counter() - start)
+  clock.__exit__()
+  return len(files) / clock.wall, clock.cores
 
 
 def main(args):
@@ -84,15 +105,15 @@ def main(args):
   print(f'{len(files)} images from {args.root}; {cores} cores; batch {args.batch}')
   rows = []
   for threads in sorted({1, cores}):
-    rate = tf_data_images_per_s(files, config, threads, args.batch)
-    rows.append(('tf.data, the trainer\'s preprocessing', threads, rate))
+    rows.append(("tf.data, the trainer's preprocessing", threads,
+                 *tf_data_images_per_s(files, config, threads, args.batch)))
     print(rows[-1], flush=True)
-  rows.append(('Pillow loop, same work', 1, pillow_images_per_s(files, config, args.batch)))
+  rows.append(('Pillow loop, same work', 1, *pillow_images_per_s(files, config, args.batch)))
   print()
-  print('| pipeline | threads | images/s | images/s per core |')
-  print('|---|---|---|---|')
-  for name, threads, rate in rows:
-    print(f'| {name} | {threads} | {rate:.0f} | {rate / threads:.0f} |')
+  print('| pipeline | threads | images/s | cores used | images/s per core used |')
+  print('|---|---|---|---|---|')
+  for name, threads, rate, used in rows:
+    print(f'| {name} | {threads} | {rate:.0f} | {used:.2f} | {rate / used:.0f} |')
 
 
 def _parse_args():
