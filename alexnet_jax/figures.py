@@ -48,8 +48,9 @@ def nearest(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
   return np.argsort(distances, axis=1, kind='stable')[:, :k]
 
 
-def _features_and_probs(model, params, images: np.ndarray, mean, std):
-  """fc7's activations (after its ReLU) and the softmax, for uint8 images [n, S, S, 3]."""
+def _forward(model, mean, std):
+  """A compiled (params, uint8 images [n, S, S, 3]) -> (fc7's activations after its ReLU,
+  the softmax)."""
 
   @jax.jit
   def forward(params, images):
@@ -58,8 +59,8 @@ def _features_and_probs(model, params, images: np.ndarray, mean, std):
                                 capture_intermediates=lambda m, _: m.name == 'fc7')
     return jax.nn.relu(state['intermediates']['fc7']['__call__'][0]), jax.nn.softmax(logits)
 
-  features, probs = forward(params, jnp.asarray(images))
-  return np.asarray(features, np.float32), np.asarray(probs)
+  return lambda params, images: tuple(np.asarray(a, np.float32)
+                                      for a in forward(params, jnp.asarray(images)))
 
 
 def _take(batches, n: int):
@@ -107,7 +108,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   params, step = checkpointing.restore_params(workdir, which, template)
   params = jax.device_get(params)
   names = list(data.class_names) or [f'class {i}' for i in range(data.num_classes)]
-  mean, std = config.mean_rgb, config.std_rgb
+  forward = _forward(model, config.mean_rgb, config.std_rgb)
   os.makedirs(out, exist_ok=True)
   figures = {}
 
@@ -119,7 +120,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   figures['conv1_kernels'] = fig
 
   val_images, val_labels = _one_per_class(data.eval_batches(), num_images)
-  val_features, val_probs = _features_and_probs(model, params, val_images, mean, std)
+  val_features, val_probs = forward(params, val_images)
   fig, axes = plt.subplots(2, len(val_images), figsize=(2.2 * len(val_images), 4.6),
                            squeeze=False)
   for i, (image, label, probs) in enumerate(zip(val_images, val_labels, val_probs)):
@@ -137,7 +138,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
 
   pool_images, _ = _take(data.train_batches(0), pool_size)
   pool_features = np.concatenate([
-      _features_and_probs(model, params, pool_images[i:i + 256], mean, std)[0]
+      forward(params, pool_images[i:i + 256])[0]
       for i in range(0, len(pool_images), 256)])
   neighbours = nearest(val_features, pool_features, k=6)
   fig, axes = plt.subplots(len(val_images), 7, figsize=(9, 1.35 * len(val_images)),
