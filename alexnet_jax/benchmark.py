@@ -24,8 +24,6 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.training import train_state
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import models, optim, parallel
 
@@ -95,14 +93,8 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   devices = jax.local_devices()
   mesh = parallel.make_mesh(devices)
   model = models.AlexNet(num_classes=num_classes, variant=variant, dtype=jnp.dtype(dtype))
-  tx = optim.paper_sgd(0.01, 0.9, 5e-4)
-
-  def init():
-    params = model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                        train=False)['params']
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
-  state = jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  state = parallel.init_train_state(model, optim.paper_sgd(0.01, 0.9, 5e-4), image_size,
+                                   seed=0, mesh=mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
       'image': rng.integers(0, 256, (global_batch, image_size, image_size, 3), np.uint8),

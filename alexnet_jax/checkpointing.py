@@ -53,7 +53,7 @@ class Checkpoints:
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
 
-  def restore_latest(self, state, step: int | None = None):
+  def restore(self, state, step: int | None = None):
     """(state, loop_state) from the newest readable checkpoint (or from `step`), placed as
     `state` is.
 
@@ -108,7 +108,7 @@ def restore_params(workdir: str, which: str, state):
     raise ConfigError(
         f'{directory} holds no checkpoint{"" if step is None else f" of step {step}"} '
         f'(it holds {steps or "none"}): check the workdir and --checkpoint.')
-  restored, _ = checkpoints.restore_latest(state, step)
+  restored, _ = checkpoints.restore(state, step)
   checkpoints.close()
   return restored.params, int(jax.device_get(restored.step))
 

@@ -17,6 +17,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 BATCH_AXIS = 'batch'
@@ -64,6 +65,17 @@ def make_mesh(devices=None) -> Mesh:
 def replicate(tree, mesh: Mesh):
   """Places the same value on every device of the mesh."""
   return jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def init_train_state(model, tx, image_size: int, seed: int, mesh: Mesh) -> train_state.TrainState:
+  """The initial parameters and optimiser state, created directly on every device of the mesh."""
+
+  def init():
+    images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
+    params = model.init(jax.random.key(seed), images, train=False)['params']
+    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
+
+  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
 
 
 def shard_batch(batch: dict, mesh: Mesh) -> dict:

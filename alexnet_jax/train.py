@@ -10,7 +10,6 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax.training import train_state
-from jax.sharding import NamedSharding, PartitionSpec as P
 
 from alexnet_jax import (checkpointing, color_stats, config_checks, errors, evaluate,
                          input_pipeline, models, optim, parallel)
@@ -28,15 +27,9 @@ def create_model(config, num_classes: int) -> models.AlexNet:
 
 
 def create_train_state(config, model, mesh) -> train_state.TrainState:
-  """The initial state, created directly on every device of the mesh."""
+  """The initial state of the paper's optimiser, created directly on every device of the mesh."""
   tx = optim.paper_sgd(config.learning_rate, config.momentum, config.weight_decay)
-
-  def init():
-    images = jnp.zeros((1, config.image_size, config.image_size, 3), jnp.float32)
-    params = model.init(jax.random.key(config.seed), images, train=False)['params']
-    return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
-
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  return parallel.init_train_state(model, tx, config.image_size, config.seed, mesh)
 
 
 def train_and_evaluate(config, workdir: str) -> dict:
@@ -65,7 +58,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best = (checkpointing.Checkpoints(os.path.join(root, 'best'), keep=1)
           if config.keep_best_checkpoint else None)
   best_error = None   # the lowest validation top-1 error so far
-  restored = checkpoints.restore_latest(state)
+  restored = checkpoints.restore(state)
   if restored is not None:
     state, loop_state = restored
     plateau.load_state_dict(loop_state['plateau'])

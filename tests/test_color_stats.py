@@ -36,7 +36,7 @@ def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_f
   assert top[0] * top[2] < 0
 
 
-def test_computed_statistics_are_required_then_used_by_the_run(two_colour_folder, tmp_path):
+def test_computed_statistics_are_required_then_read_from_the_workdir_for_the_run(two_colour_folder, tmp_path):
   config = two_colour_folder
   config.color_stats = 'computed'
   config.num_train_steps, config.eval_every_steps = 2, 2
