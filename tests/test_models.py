@@ -14,18 +14,23 @@ def _lrn_input(shape, seed=0):
   return np.random.default_rng(seed).normal(0, 40, shape).astype(np.float32)
 
 
-def test_lrn_matches_tensorflow():
+WINDOW_SUMS = ['auto', 'band_matmul', 'reduce_window']
+
+
+@pytest.mark.parametrize('window_sum', WINDOW_SUMS)
+def test_lrn_matches_tensorflow(window_sum):
   x = _lrn_input((2, 5, 5, 16))
-  ours = models.LocalResponseNorm().apply({}, jnp.asarray(x))
+  ours = models.LocalResponseNorm(window_sum=window_sum).apply({}, jnp.asarray(x))
   ref = tf.nn.local_response_normalization(x, depth_radius=2, bias=2.0, alpha=1e-4, beta=0.75)
   np.testing.assert_allclose(np.asarray(ours), ref.numpy(), rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize('beta', [0.75, 0.5])
-def test_lrn_gradient_matches_tensorflow(beta):
+@pytest.mark.parametrize('window_sum', WINDOW_SUMS)
+def test_lrn_gradient_matches_tensorflow(beta, window_sum):
   x = _lrn_input((2, 5, 5, 16), seed=3)
   cotangent = np.random.default_rng(4).normal(size=x.shape).astype(np.float32)
-  lrn = models.LocalResponseNorm(beta=beta)
+  lrn = models.LocalResponseNorm(beta=beta, window_sum=window_sum)
   _, vjp = jax.vjp(lambda a: lrn.apply({}, a), jnp.asarray(x))
   x_tf = tf.constant(x)
   with tf.GradientTape() as tape:
@@ -36,9 +41,10 @@ def test_lrn_gradient_matches_tensorflow(beta):
                              rtol=1e-4, atol=1e-6)
 
 
-def test_lrn_with_groups_normalises_each_tower_on_its_own():
+@pytest.mark.parametrize('window_sum', WINDOW_SUMS)
+def test_lrn_with_groups_normalises_each_tower_on_its_own(window_sum):
   x = _lrn_input((2, 4, 4, 12), seed=1)
-  ours = models.LocalResponseNorm(groups=2).apply({}, jnp.asarray(x))
+  ours = models.LocalResponseNorm(groups=2, window_sum=window_sum).apply({}, jnp.asarray(x))
   ref = np.concatenate([
       tf.nn.local_response_normalization(half, depth_radius=2, bias=2.0, alpha=1e-4,
                                          beta=0.75).numpy()
