@@ -18,7 +18,10 @@ ratio says more than an absolute time. Imports no TensorFlow.
 """
 
 import argparse
+import json
 import statistics
+import subprocess
+import sys
 import time
 
 import jax
@@ -53,12 +56,20 @@ def _peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
 
 
 def forward_flops(model, image_size: int) -> float:
-  """FLOPs of one image's forward pass, as XLA counts them (a multiply-add is 2)."""
+  """FLOPs of one image's forward pass, as XLA counts them (a multiply-add is 2).
+
+  Counted by the CPU backend on every platform: on GPU the compiled
+  convolutions are library calls whose FLOPs XLA's analysis leaves out. The
+  float32 model is counted, so that dtype casts do not count as work.
+  """
+  model = model.clone(dtype=jnp.float32)
+  cpu = jax.sharding.SingleDeviceSharding(jax.local_devices(backend='cpu')[0])
+  on_cpu = lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=cpu)
+  images = jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)
   variables = jax.eval_shape(
-      lambda: model.init(jax.random.key(0), jnp.zeros((1, image_size, image_size, 3)),
-                         train=False))
+      lambda: model.init(jax.random.key(0), jnp.zeros(images.shape), train=False))
   compiled = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
-      variables, jax.ShapeDtypeStruct((1, image_size, image_size, 3), jnp.float32)).compile()
+      jax.tree.map(on_cpu, variables), on_cpu(images)).compile()
   analysis = compiled.cost_analysis()
   analysis = analysis[0] if isinstance(analysis, (list, tuple)) else analysis
   return float(analysis['flops'])
@@ -131,7 +142,8 @@ def _torch_alexnet(num_classes: int):
       nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
       nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
       nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-      nn.Flatten(), nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
+      nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
+      nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
       nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
       nn.Linear(4096, num_classes))
 
@@ -147,10 +159,12 @@ def bench_torch(dtype: str, global_batch: int, image_size: int, num_classes: int
   if on_gpu and not torch.cuda.is_available():
     return None
   device = torch.device('cuda' if on_gpu else 'cpu')
-  model = _torch_alexnet(num_classes).to(device)
+  # NHWC is cuDNN's fast layout for tensor-core convolutions (and XLA's choice on GPU).
+  memory_format = torch.channels_last if on_gpu else torch.contiguous_format
+  model = _torch_alexnet(num_classes).to(device, memory_format=memory_format)
   opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
   images = torch.randint(0, 256, (global_batch, 3, image_size, image_size), dtype=torch.uint8,
-                         device=device)
+                         device=device).contiguous(memory_format=memory_format)
   labels = torch.randint(0, num_classes, (global_batch,), device=device)
   mean = torch.tensor(MEAN_RGB, device=device).view(1, 3, 1, 1)
   std = torch.tensor(STD_RGB, device=device).view(1, 3, 1, 1)
@@ -179,30 +193,51 @@ def bench_torch(dtype: str, global_batch: int, image_size: int, num_classes: int
   return {'images_per_s': global_batch / statistics.median(times), 'threads': torch.get_num_threads()}
 
 
+HEADER = ('model', 'dtype', 'batch', 'images/s', 'step ms', 'compile s', 'memory GiB', 'TFLOP/s',
+          'MFU', 'torch images/s', 'jax/torch')
+
+
+def configuration_row(args, variant: str, dtype: str, batch: int) -> list[str]:
+  """One table row: the JAX step, and for `owt` the PyTorch step beside it."""
+  r = bench_jax(variant, dtype, batch, args.image_size, args.num_classes, args.steps,
+                args.warmup, args.repeats, args.peak_tflops)
+  t = (bench_torch(dtype, batch, args.image_size, args.num_classes, args.steps, args.warmup,
+                   args.repeats)
+       if variant == 'owt' and not args.no_torch else None)
+  return [variant, dtype, str(batch), f'{r["images_per_s"]:.1f}', f'{r["step_ms"]:.1f}',
+          f'{r["compile_s"]:.1f}', r['memory'], f'{r["tflops"]:.2f}', r['mfu'],
+          f'{t["images_per_s"]:.1f}' if t else '-',
+          f'{r["images_per_s"] / t["images_per_s"]:.2f}' if t else '-']
+
+
+def _row_in_child_process(args, variant: str, dtype: str, batch: int) -> list[str]:
+  """The row computed by a fresh process, so the device's peak memory is this step's alone."""
+  flags = [f'--{name}={value}' for name, value in vars(args).items()
+           if value not in (None, False) and name not in ('models', 'dtypes', 'batch_sizes')]
+  command = [sys.executable, '-m', 'alexnet_jax.benchmark', f'--models={variant}',
+             f'--dtypes={dtype}', f'--batch_sizes={batch}', *flags, '--row_json']
+  output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+  return json.loads(output.strip().splitlines()[-1])
+
+
 def main(args):
+  configurations = [(variant, dtype, int(batch)) for variant in args.models.split(',')
+                    for dtype in args.dtypes.split(',') for batch in args.batch_sizes.split(',')]
+  if args.row_json:
+    print(json.dumps(configuration_row(args, *configurations[0])))
+    return
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
-        f'{jax.local_device_count()} x {jax.local_devices()[0].device_kind}')
-  header = ('model', 'dtype', 'batch', 'images/s', 'step ms', 'compile s', 'memory GiB',
-            'TFLOP/s', 'MFU', 'torch images/s', 'jax/torch')
+        f'{jax.local_device_count()} x {jax.local_devices()[0].device_kind}', flush=True)
   rows = []
-  for variant in args.models.split(','):
-    for dtype in args.dtypes.split(','):
-      for batch in (int(b) for b in args.batch_sizes.split(',')):
-        r = bench_jax(variant, dtype, batch, args.image_size, args.num_classes, args.steps,
-                      args.warmup, args.repeats, args.peak_tflops)
-        t = (bench_torch(dtype, batch, args.image_size, args.num_classes, args.steps,
-                         args.warmup, args.repeats)
-             if variant == 'owt' and not args.no_torch else None)
-        rows.append((variant, dtype, batch, f'{r["images_per_s"]:.1f}', f'{r["step_ms"]:.1f}',
-                     f'{r["compile_s"]:.1f}', r['memory'], f'{r["tflops"]:.2f}', r['mfu'],
-                     f'{t["images_per_s"]:.1f}' if t else '-',
-                     f'{r["images_per_s"] / t["images_per_s"]:.2f}' if t else '-'))
-        print(' | '.join(str(c) for c in rows[-1]), flush=True)
+  for configuration in configurations:
+    rows.append(configuration_row(args, *configuration) if args.one_process
+                else _row_in_child_process(args, *configuration))
+    print(' | '.join(rows[-1]), flush=True)
   print()
-  print('| ' + ' | '.join(header) + ' |')
-  print('|' + '---|' * len(header))
+  print('| ' + ' | '.join(HEADER) + ' |')
+  print('|' + '---|' * len(HEADER))
   for row in rows:
-    print('| ' + ' | '.join(str(c) for c in row) + ' |')
+    print('| ' + ' | '.join(row) + ' |')
 
 
 def _parse_args():
@@ -218,6 +253,10 @@ def _parse_args():
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='peak TFLOP/s of one device, for MFU where the device is not known')
   parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch reference')
+  parser.add_argument('--one_process', action='store_true',
+                      help='run every configuration in this process (the memory column is then '
+                           'the peak so far, not each configuration\'s own)')
+  parser.add_argument('--row_json', action='store_true', help=argparse.SUPPRESS)
   return parser.parse_args()
 
 
