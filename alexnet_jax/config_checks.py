@@ -37,6 +37,19 @@ def check(config, num_devices: int) -> None:
   need(not (config.eval_ten_crop and config.dataset == 'synthetic'),
        'eval_ten_crop=True needs real images (a TFDS or image_folder dataset): the synthetic '
        'images are made at the patch size and have no corners to crop.')
+  split = config.model_axis_size
+  if split < 1 or num_devices % split:
+    problems.append(f'model_axis_size={split} must divide the {num_devices} devices: the mesh is '
+                    f'(devices / model_axis_size) x model_axis_size; 1 is data parallelism alone.')
+  elif config.model in models.VARIANTS and split > 1:
+    towers = models.VARIANTS[config.model].towers
+    if towers > 1 and split != towers:
+      problems.append(f'model_axis_size={split}: the {config.model} model splits over '
+                      f'{towers} devices, one tower each; use {towers} (or 1).')
+    hidden = models.hidden_units(config.model, config.width)
+    if towers == 1 and hidden % split:
+      problems.append(f'model_axis_size={split} does not divide the {hidden} units of fc6 and '
+                      f'fc7 (width={config.width}); use a divisor of {hidden}.')
   if config.global_batch_size > 0 and config.global_batch_size % num_devices:
     problems.append(
         f'global_batch_size={config.global_batch_size} does not split evenly between '
@@ -45,6 +58,15 @@ def check(config, num_devices: int) -> None:
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(
         f'--config.{p}' if '=' in p.split(' ')[0] else p for p in problems))
+
+
+def check_classes(config, num_classes: int) -> None:
+  """Raises ConfigError unless fc8's outputs split evenly over the `model` axis."""
+  if num_classes % config.model_axis_size:
+    raise ConfigError(
+        f'--config.model_axis_size={config.model_axis_size} does not divide the dataset\'s '
+        f'{num_classes} classes, which fc8 splits between the devices of the model axis: use a '
+        'divisor of the class count.')
 
 
 def check_workdir(workdir: str) -> None:

@@ -13,6 +13,7 @@ patches per image. Nothing in the workdirs is changed.
 
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -21,8 +22,8 @@ from alexnet_jax import (checkpointing, color_stats, config_checks, errors, eval
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
-  mesh = parallel.make_mesh()
-  config_checks.check(config, mesh.size)
+  config_checks.check(config, jax.device_count())
+  mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   # The mean pixel each workdir was trained with (its own, with color_stats=computed).
   resolved = [color_stats.resolve(config, workdir) for workdir in workdirs]
   if any(tuple(r.mean_rgb) != tuple(resolved[0].mean_rgb) for r in resolved):
@@ -30,17 +31,19 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
                              '(color_stats=computed): evaluate them one at a time.')
   config = resolved[0]
   data = input_pipeline.create(config, config.global_batch_size)
+  config_checks.check_classes(config, data.num_classes)
   model = train.create_model(config, data.num_classes)
+  batch_spec = parallel.batch_spec(model, mesh)
   template = train.create_train_state(config, model, mesh)
   eval_step = parallel.make_eval_step(model, config.mean_rgb, config.std_rgb, mesh)
   members, results = [], {}
   for workdir in workdirs:
     params, step = checkpointing.restore_params(workdir, which, template)
     members.append(params)
-    results[workdir] = {**evaluate.evaluate(eval_step, [params], data, mesh), 'step': step}
+    results[workdir] = {**evaluate.evaluate(eval_step, [params], data, mesh, batch_spec), 'step': step}
     logging.info('%s (step %d): %s', workdir, step, results[workdir])
   if len(members) > 1:
-    results['ensemble'] = evaluate.evaluate(eval_step, members, data, mesh)
+    results['ensemble'] = evaluate.evaluate(eval_step, members, data, mesh, batch_spec)
   return results
 
 

@@ -152,6 +152,14 @@ _PAPER_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 HIDDEN_UNITS = 4096
 
 
+def _split(features: int, split: int, what: str) -> int:
+  """This device's share of a layer's `features` split over `split` devices."""
+  if features % split:
+    raise ValueError(f'{what}: {features} do not split evenly over a model axis of {split} '
+                     'devices; choose a model axis size that divides them.')
+  return features // split
+
+
 def _scaled(features: int, width: float, multiple: int) -> int:
   return max(multiple, int(round(features * width / multiple)) * multiple)
 
@@ -161,12 +169,26 @@ class AlexNet(nn.Module):
 
   `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32 and
   the logits are returned in float32.
+
+  With `model_axis` set, this is the per-device code of a model split over
+  that mesh axis (`model_parallel.py`), called inside `jax.shard_map` with
+  this device's slice of every split layer's parameters:
+  - paper: one tower per device. conv1, conv2, conv4 and conv5 and both
+    LRNs see only this device's maps; the towers' maps are gathered before
+    conv3, fc6, fc7 and fc8, as between the paper's two GPUs.
+  - owt ("one weird trick"): the convolutions are data parallel, each device
+    on its own examples; the fully connected layers are split, so the
+    devices gather each other's conv5 outputs (examples) before fc6 and each
+    other's features before fc7 and fc8.
+  Each device computes its slice of fc8's outputs; the logits are gathered.
   """
   num_classes: int = 1000
   variant: str = 'paper'
   width: float = 1.0
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  model_axis: str | None = None
+  model_axis_size: int = 1
 
   def _inits(self, name: str):
     if VARIANTS[self.variant].paper_init:
@@ -177,31 +199,57 @@ class AlexNet(nn.Module):
     return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
                 bias_init=nn.initializers.zeros)
 
+  def _gather(self, x, axis: int = -1):
+    """This device's slice of `x` along `axis` joined with the other devices' of `model_axis`."""
+    if not self.model_axis or self.model_axis_size == 1:
+      return x
+    return lax.all_gather(x, self.model_axis, axis=axis % x.ndim, tiled=True)
+
   @nn.compact
   def __call__(self, images, *, train: bool):
     if self.variant not in VARIANTS:
       raise ValueError(f'Unknown AlexNet variant {self.variant!r}; choose one of {sorted(VARIANTS)}.')
     v = VARIANTS[self.variant]
+    split = self.model_axis_size if self.model_axis else 1
+    towers_on_devices = split > 1 and v.towers > 1
+    if towers_on_devices and split != v.towers:
+      raise ValueError(f'The {self.variant} AlexNet has {v.towers} towers: it splits over a model '
+                       f'axis of {v.towers} devices, not {split}.')
     x = images.astype(self.dtype)
     for i, ((k, stride, pad), features, groups) in enumerate(
         zip(_CONV_GEOMETRY, v.conv_features, v.conv_groups)):
       name = f'conv{i + 1}'
-      x = TowerConv(_scaled(features, self.width, v.towers), k, stride, pad, towers=groups,
-                    dtype=self.dtype, name=name, **self._inits(name))(x)
+      features = _scaled(features, self.width, v.towers)
+      if towers_on_devices:
+        if i > 0 and groups == 1:
+          x = self._gather(x)   # conv3 sees the maps of both towers
+        features, groups = features // split, max(1, groups // split)
+      x = TowerConv(features, k, stride, pad, towers=groups, dtype=self.dtype, name=name,
+                    **self._inits(name))(x)
       x = nn.relu(x)
       if v.lrn and i < 2:
-        x = LocalResponseNorm(groups=v.towers)(x)
+        x = LocalResponseNorm(groups=v.towers // split if towers_on_devices else v.towers)(x)
       if i in _POOL_AFTER:
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+    if split > 1:
+      # fc6 sees every conv5 map (paper) or every example of the devices along the axis (owt).
+      x = self._gather(x, axis=-1 if towers_on_devices else 0)
     x = x.reshape(x.shape[0], -1)
     for name in ('fc6', 'fc7'):
-      x = nn.Dense(_scaled(HIDDEN_UNITS, self.width, v.towers), dtype=self.dtype, name=name,
-                   **self._inits(name))(x)
+      x = nn.Dense(_split(hidden_units(self.variant, self.width), split, name),
+                   dtype=self.dtype, name=name, **self._inits(name))(x)
       x = nn.relu(x)
       # The paper drops the output of each hidden neuron of fc6 and fc7.
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
-    x = nn.Dense(self.num_classes, dtype=self.dtype, name='fc8', **self._inits('fc8'))(x)
-    return x.astype(jnp.float32)
+      x = self._gather(x)   # fc7 and fc8 see every feature of the layer below
+    x = nn.Dense(_split(self.num_classes, split, 'fc8 outputs (classes)'), dtype=self.dtype,
+                 name='fc8', **self._inits('fc8'))(x)
+    return self._gather(x).astype(jnp.float32)
+
+
+def hidden_units(variant: str, width: float) -> int:
+  """The number of units of fc6 and of fc7."""
+  return _scaled(HIDDEN_UNITS, width, VARIANTS[variant].towers)
 
 
 def count_params(params) -> int:

@@ -1,13 +1,17 @@
-"""Data parallelism: the devices, the per-device train and eval steps, batches on devices.
+"""The devices, the per-device train and eval steps, batches on devices.
 
 Each step is written as per-device code, as with `jax.pmap`: it sees its own
 slice of the global batch and averages gradients with `lax.pmean` over the
-`batch` axis. `jax.shard_map` maps it over a mesh of every device of every
-host (the mechanism `jax.pmap` itself is built on now), and `jax.jit` compiles
-it once with the state buffers donated.
+`batch` axis. `jax.shard_map` maps it over a (batch, model) mesh of every
+device of every host (the mechanism `jax.pmap` itself is built on now), and
+`jax.jit` compiles it once with the state buffers donated. The `model` axis
+has one device unless the config splits the network over several
+(`model_parallel.py`); then each device also holds only its slice of the
+split layers.
 """
 
 import collections
+import functools
 import itertools
 import os
 from typing import Callable, Iterable, Iterator
@@ -20,7 +24,8 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-BATCH_AXIS = 'batch'
+from alexnet_jax import model_parallel
+from alexnet_jax.model_parallel import BATCH_AXIS, MODEL_AXIS
 
 # Environment variables that mean this process is one of several that
 # `jax.distributed.initialize()` can join without arguments.
@@ -57,9 +62,20 @@ def initialize_distributed(coordinator_address: str | None = None,
     jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
 
 
-def make_mesh(devices=None) -> Mesh:
-  """A one-axis mesh over `devices`, by default every device of every host."""
-  return Mesh(np.asarray(jax.devices() if devices is None else devices), (BATCH_AXIS,))
+def make_mesh(devices=None, model_axis_size: int = 1) -> Mesh:
+  """A (batch, model) mesh over `devices`, by default every device of every host.
+
+  Consecutive devices (those of one host first) share a `model` group, so the
+  layer-by-layer exchanges of a split model stay between neighbours.
+  """
+  devices = np.asarray(jax.devices() if devices is None else devices)
+  if model_axis_size < 1 or devices.size % model_axis_size:
+    raise ValueError(f'{devices.size} devices do not split into groups of {model_axis_size}.')
+  return Mesh(devices.reshape(-1, model_axis_size), (BATCH_AXIS, MODEL_AXIS))
+
+
+def _split_layers(model, mesh: Mesh) -> frozenset[str]:
+  return model_parallel.split_layers(model.variant, mesh.shape[MODEL_AXIS])
 
 
 def replicate(tree, mesh: Mesh):
@@ -68,32 +84,39 @@ def replicate(tree, mesh: Mesh):
 
 
 def init_train_state(model, tx, image_size: int, seed: int, mesh: Mesh) -> train_state.TrainState:
-  """The initial parameters and optimiser state, created directly on every device of the mesh."""
+  """The initial parameters and optimiser state, created directly where the mesh keeps them."""
 
   def init():
     images = jnp.zeros((1, image_size, image_size, 3), jnp.float32)
     params = model.init(jax.random.key(seed), images, train=False)['params']
     return train_state.TrainState.create(apply_fn=model.apply, params=params, tx=tx)
 
-  return jax.jit(init, out_shardings=NamedSharding(mesh, P()))()
+  specs = model_parallel.specs(jax.eval_shape(init), _split_layers(model, mesh))
+  return jax.jit(init, out_shardings=jax.tree.map(lambda s: NamedSharding(mesh, s), specs))()
 
 
-def shard_batch(batch: dict, mesh: Mesh) -> dict:
-  """Turns this host's part of the global batch into global arrays split over `batch`."""
-  sharding = NamedSharding(mesh, P(BATCH_AXIS))
+def shard_batch(batch: dict, mesh: Mesh, spec: P = P(BATCH_AXIS)) -> dict:
+  """Turns this host's part of the global batch into global arrays split as `spec` says."""
+  sharding = NamedSharding(mesh, spec)
   return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, x), batch)
 
 
-def prefetch_to_mesh(batches: Iterable[dict], mesh: Mesh, size: int = 2) -> Iterator[dict]:
+def batch_spec(model, mesh: Mesh) -> P:
+  """How `model`'s steps take a global batch on `mesh` (`model_parallel.batch_spec`)."""
+  return model_parallel.batch_spec(model.variant, mesh.shape[MODEL_AXIS])
+
+
+def prefetch_to_mesh(batches: Iterable[dict], mesh: Mesh, spec: P = P(BATCH_AXIS),
+                     size: int = 2) -> Iterator[dict]:
   """Copies the next `size` batches to the devices while the current step runs."""
   queue = collections.deque()
   batches = iter(batches)
   for batch in itertools.islice(batches, size):
-    queue.append(shard_batch(batch, mesh))
+    queue.append(shard_batch(batch, mesh, spec))
   while queue:
     yield queue.popleft()
     for batch in itertools.islice(batches, 1):
-      queue.append(shard_batch(batch, mesh))
+      queue.append(shard_batch(batch, mesh, spec))
 
 
 def normalize_images(batch: dict, mean_rgb, std_rgb) -> jax.Array:
@@ -118,19 +141,33 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
   Dropout keys derive from (seed, step, device index): a pure function of the
   step, so a resumed run draws the same masks it would have drawn.
   """
+  model_axis_size = mesh.shape[MODEL_AXIS]
+  device_model = model_parallel.per_device_model(model, model_axis_size)
+  layers = _split_layers(model, mesh)
 
-  def per_device(state, batch):
+  def per_device(state, batch, param_specs):
     rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
-                             lax.axis_index(BATCH_AXIS))
+                             lax.axis_index((BATCH_AXIS, MODEL_AXIS)))
     images = normalize_images(batch, mean_rgb, std_rgb)
     labels = batch['label']
+    if model_parallel.examples_split_over_model(model.variant, model_axis_size):
+      labels = lax.all_gather(labels, MODEL_AXIS, tiled=True)  # as the logits are gathered
 
     def loss_fn(params):
-      logits = model.apply({'params': params}, images, train=True, rngs={'dropout': rng})
+      logits = device_model.apply({'params': params}, images, train=True,
+                                  rngs={'dropout': rng})
       loss = optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
-      return loss, logits
+      # The devices along `model` each compute the same loss from the gathered logits; each
+      # differentiates its share, and the gathers' transposes (reduce-scatters) add the
+      # shares back up.
+      return loss / model_axis_size, (loss, logits)
 
-    (loss, logits), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    (_, (loss, logits)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    if model_axis_size > 1:
+      # A parameter on every device of `model` (owt's convolutions) got a share of its
+      # gradient on each of them.
+      grads = jax.tree.map(lambda g, spec: g if MODEL_AXIS in spec else lax.psum(g, MODEL_AXIS),
+                           grads, param_specs)
     # Every device holds the same number of examples: the mean of the
     # per-device mean gradients is the gradient of the global batch's mean loss.
     grads = lax.pmean(grads, BATCH_AXIS)
@@ -139,7 +176,7 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
         'top1_error': 1.0 - _top_k_correct(logits, labels, 1).mean(),
         'top5_error': 1.0 - _top_k_correct(logits, labels, 5).mean(),
     }, BATCH_AXIS)
-    metrics['grad_norm'] = optax.global_norm(grads)
+    metrics['grad_norm'] = _global_norm(grads, param_specs)
     # A non-finite loss or gradient leaves the state as it was; the loop sees
     # `finite` and stops, so a diverged state is never saved.
     finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
@@ -148,12 +185,28 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
     metrics['finite'] = finite
     return new_state, metrics
 
-  # check_vma=False keeps pmap's semantics: the replicated parameters are not
-  # tracked as invariant, so their gradients are per-device and the explicit
-  # pmean above is the one and only reduction.
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
-                         out_specs=(P(), P()), check_vma=False)
-  return jax.jit(mapped, donate_argnums=0)
+  def step(state, batch):
+    state_specs = model_parallel.specs(state, layers)
+    # check_vma=False keeps pmap's semantics: the replicated parameters are not
+    # tracked as invariant, so their gradients are per-device and the explicit
+    # pmean above is the one and only reduction.
+    mapped = jax.shard_map(functools.partial(per_device, param_specs=state_specs.params),
+                           mesh=mesh, in_specs=(state_specs, batch_spec(model, mesh)),
+                           out_specs=(state_specs, P()), check_vma=False)
+    return mapped(state, batch)
+
+  return jax.jit(step, donate_argnums=0)
+
+
+def _global_norm(grads, param_specs):
+  """The norm of the whole gradient; a split parameter's squares are summed over `model`."""
+  squares = jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), grads)
+  split = [sq for sq, spec in zip(jax.tree.leaves(squares), jax.tree.leaves(param_specs))
+           if MODEL_AXIS in spec]
+  whole = sum(jax.tree.leaves(squares)) - sum(split)
+  if split:
+    whole = whole + lax.psum(sum(split), MODEL_AXIS)
+  return jnp.sqrt(whole)
 
 
 def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
@@ -164,21 +217,33 @@ def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
   test); the softmax is averaged over patches and models, as in the paper.
   Padding (mask 0) counts nowhere.
   """
+  model_axis_size = mesh.shape[MODEL_AXIS]
+  device_model = model_parallel.per_device_model(model, model_axis_size)
+  layers = _split_layers(model, mesh)
 
   def per_device(params_list, batch):
     images = normalize_images(batch, mean_rgb, std_rgb)
+    labels, mask = batch['label'], batch['mask']
+    if model_parallel.examples_split_over_model(model.variant, model_axis_size):
+      labels, mask = (lax.all_gather(x, MODEL_AXIS, tiled=True) for x in (labels, mask))
     crops = images.shape[1] if images.ndim == 5 else 1
     images = images.reshape(-1, *images.shape[-3:])
-    log_probs = [jax.nn.log_softmax(model.apply({'params': p}, images, train=False))
+    log_probs = [jax.nn.log_softmax(device_model.apply({'params': p}, images, train=False))
                  for p in params_list]
     # log of the mean softmax over models and patches, computed in log space.
     log_probs = jnp.stack(log_probs).reshape(len(params_list), -1, crops, log_probs[0].shape[-1])
     log_mean = jax.nn.logsumexp(log_probs, axis=(0, 2)) - jnp.log(len(params_list) * crops)
-    return lax.psum(count_correct(log_mean, batch['label'], batch['mask']), BATCH_AXIS)
+    # Devices along `model` hold the same logits: the counts are summed over `batch` only.
+    return lax.psum(count_correct(log_mean, labels, mask), BATCH_AXIS)
 
-  mapped = jax.shard_map(per_device, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)),
-                         out_specs=P(), check_vma=False)
-  return jax.jit(mapped)
+  def step(params_list, batch):
+    mapped = jax.shard_map(per_device, mesh=mesh,
+                           in_specs=(model_parallel.specs(params_list, layers),
+                                     batch_spec(model, mesh)),
+                           out_specs=P(), check_vma=False)
+    return mapped(params_list, batch)
+
+  return jax.jit(step)
 
 
 def count_correct(logits, labels, mask) -> dict:

@@ -37,19 +37,22 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Returns the last evaluation's metrics.
   """
-  mesh = parallel.make_mesh()
-  config_checks.check(config, mesh.size)
+  config_checks.check(config, jax.device_count())
+  mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   config_checks.check_workdir(workdir)
   config = color_stats.resolve(config, workdir)
   data = input_pipeline.create(config, config.global_batch_size)
   steps_per_epoch = data.train_examples // config.global_batch_size
   num_steps = _steps(config.num_train_steps, config.num_epochs, steps_per_epoch)
   eval_every = _steps(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
-  logging.info('%d devices on %d hosts; %d train examples, %d steps per epoch, %d steps; '
-               '%d validation examples.', mesh.size, jax.process_count(), data.train_examples,
-               steps_per_epoch, num_steps, data.eval_examples)
+  config_checks.check_classes(config, data.num_classes)
+  logging.info('%d devices on %d hosts, a mesh of %s; %d train examples, %d steps per epoch, '
+               '%d steps; %d validation examples.', mesh.size, jax.process_count(),
+               dict(mesh.shape), data.train_examples, steps_per_epoch, num_steps,
+               data.eval_examples)
 
   model = create_model(config, data.num_classes)
+  batch_spec = parallel.batch_spec(model, mesh)
   state = create_train_state(config, model, mesh)
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
   root = workdir if '://' in workdir else os.path.abspath(workdir)  # gs://... stays as it is
@@ -82,7 +85,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                           first_profile=start_step + config.profile_first_step,
                                           logdir=workdir))
 
-  batches = parallel.prefetch_to_mesh(data.train_batches(start_step), mesh)
+  batches = parallel.prefetch_to_mesh(data.train_batches(start_step), mesh, batch_spec)
   metrics_log = _MetricsLog(writer, config.global_batch_size, steps_per_epoch, start_step)
   preemption = preemption_lib.PreemptionWatch()
   eval_metrics = {}
@@ -102,7 +105,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
       if evaluate_now:
         eval_start = time.monotonic()
-        eval_metrics = evaluate.evaluate(eval_step, [state.params], data, mesh)
+        eval_metrics = evaluate.evaluate(eval_step, [state.params], data, mesh, batch_spec)
         writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
         if plateau.update(eval_metrics['top1_error']):
           logging.info('Validation top-1 error has not improved for %d evaluations: learning '

@@ -19,6 +19,11 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.width = 1.0               # multiplies every layer's size; 1.0 is the paper's
   config.dropout_rate = 0.5
   config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
+  # Devices that split the network between them (the mesh's `model` axis); the rest of the
+  # devices split the batch. 1: data parallelism alone. 2 with model='paper': one tower per
+  # device, as on the paper's two GPUs. With model='owt': its fully connected layers split
+  # over that many devices, its convolutions data parallel ("one weird trick").
+  config.model_axis_size = 1
 
   # Data (section 4.1).
   config.dataset = 'imagenet2012'  # a TFDS image-classification dataset, 'image_folder:ROOT'

@@ -5,7 +5,8 @@ import pathlib
 
 import pytest
 
-NUM_DEVICES = 2
+# 2 simulated devices; tests/test_model_parallel.py runs its checks again in a process of 4.
+NUM_DEVICES = int(os.environ.get('ALEXNET_TEST_DEVICES', '2'))
 os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={NUM_DEVICES}')

@@ -14,7 +14,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import errors, train
+from alexnet_jax import config_checks, errors, train
 from tests.conftest import NUM_DEVICES, saved_state, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -151,12 +151,26 @@ def test_unwritable_workdir_is_refused(tmp_path):
 
 
 @pytest.mark.parametrize('field, value', [
-    ('model', 'vgg'), ('global_batch_size', 3), ('image_size', 0), ('width', -1.0)])
+    ('model', 'vgg'), ('global_batch_size', 3), ('image_size', 0), ('width', -1.0),
+    ('model_axis_size', 3)])
 def test_bad_fields_are_named(tmp_path, field, value):
   config = _config(2)
   config[field] = value
   with pytest.raises(errors.ConfigError, match=f'--config.{field}='):
     train.train_and_evaluate(config, str(tmp_path))
+
+
+def test_model_splits_the_network_cannot_take_are_named():
+  config = _config(2)
+  config.model, config.model_axis_size = 'paper', 4
+  with pytest.raises(errors.ConfigError, match='model_axis_size=4: the paper model splits over 2'):
+    config_checks.check(config, num_devices=8)
+  config.model, config.width, config.model_axis_size = 'owt', 0.5, 3   # 2048 hidden units
+  with pytest.raises(errors.ConfigError, match='model_axis_size=3 does not divide the 2048 units'):
+    config_checks.check(config, num_devices=6)
+  config.model_axis_size = 4
+  with pytest.raises(errors.ConfigError, match="does not divide the dataset's 10 classes"):
+    config_checks.check_classes(config, 10)
 
 
 def test_unknown_variant_of_the_config_file_is_named():

@@ -124,14 +124,14 @@ def test_nothing_compiles_after_the_first_steps():
   try:
     batches = parallel.prefetch_to_mesh(data.train_batches(0), mesh)
     state, _ = train_step(state, next(batches))
-    evaluate.evaluate(eval_step, [state.params], data, mesh)
+    evaluate.evaluate(eval_step, [state.params], data, mesh, parallel.batch_spec(model, mesh))
     first = len(compiles)
     for step in range(2, 7):
       if step == 4:
         state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, 0.001))
       state, metrics = train_step(state, next(batches))
       jax.device_get(metrics)
-    evaluate.evaluate(eval_step, [state.params], data, mesh)
+    evaluate.evaluate(eval_step, [state.params], data, mesh, parallel.batch_spec(model, mesh))
   finally:
     jax.monitoring.unregister_event_duration_listener(on_event)
   assert first >= 2   # the train and eval steps were compiled, and counted

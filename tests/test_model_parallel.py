@@ -1,0 +1,223 @@
+"""The network split over a 2 x 2 (batch, model) mesh of 4 simulated devices, against one device.
+
+These checks need 4 devices, and the suite runs on 2: `test_on_four_devices` runs this file
+again in a process of its own with 4 (tests/conftest.py reads ALEXNET_TEST_DEVICES); in the
+suite's own process the other tests skip.
+"""
+
+import collections
+import functools
+import os
+import pathlib
+import re
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import optax
+import pytest
+from jax.sharding import PartitionSpec as P
+
+from alexnet_jax import checkpointing, parallel, train
+from tests.conftest import saved_state, tiny_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FOUR_DEVICES = jax.device_count() == 4
+needs_four_devices = pytest.mark.skipif(
+    not FOUR_DEVICES, reason='needs 4 devices: run by test_on_four_devices in a 4-device process')
+MEAN, STD = (127.5, 127.5, 127.5), (1.0, 1.0, 1.0)
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+
+@pytest.mark.skipif(FOUR_DEVICES, reason='this process is the 4-device one')
+def test_on_four_devices():
+  env = dict(os.environ, ALEXNET_TEST_DEVICES='4',
+             XLA_FLAGS=re.sub(r'--xla_force_host_platform_device_count=\d+', '',
+                              os.environ.get('XLA_FLAGS', '')))
+  result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
+                           __file__], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=900)
+  assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
+  # Only this test itself skips there.
+  assert ' 1 skipped' in result.stdout.splitlines()[-1], result.stdout[-2000:]
+
+
+def _config(model: str, model_axis_size: int = 2):
+  config = tiny_config()
+  config.model = model
+  config.model_axis_size = model_axis_size
+  config.dropout_rate = 0.0   # the one randomness that differs by device
+  config.learning_rate = 0.05 if model == 'owt' else 0.5   # updates well above rounding
+  return config
+
+
+def _batches(config, n: int):
+  rng = np.random.default_rng(7)
+  size, b = config.image_size, config.global_batch_size
+  return [{'image': rng.integers(0, 256, (b, size, size, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, b).astype(np.int32)} for _ in range(n)]
+
+
+def _reference_sgd(config, params, batches):
+  """The paper's update written out, on one device, with the one-device network."""
+  model = train.create_model(config, 10)
+  params = jax.tree.map(np.asarray, params)
+  velocity = jax.tree.map(np.zeros_like, params)
+  lr, momentum, decay = config.learning_rate, config.momentum, config.weight_decay
+
+  def loss_fn(params, batch):
+    images = (batch['image'].astype(np.float32) - np.float32(MEAN)) / np.float32(STD)
+    logits = model.apply({'params': params}, images, train=True)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+
+  losses, norms = [], []
+  for batch in batches:
+    loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+    losses.append(float(loss))
+    norms.append(float(optax.global_norm(grads)))
+    velocity = jax.tree.map(lambda v, w, g: momentum * v - decay * lr * w - lr * np.asarray(g),
+                            velocity, params, grads)
+    params = jax.tree.map(lambda w, v: w + v, params, velocity)
+  return params, losses, norms
+
+
+@functools.cache
+def _two_steps_on_2x2(model: str):
+  """(config, batches, initial params, state, losses, gradient norms), shared by the tests."""
+  config = _config(model)
+  batches = _batches(config, 2)
+  return (config, batches, *_mesh_run(config, batches))
+
+
+def _mesh_run(config, batches):
+  mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, mesh)
+  init = jax.device_get(state.params)
+  step = parallel.make_train_step(model, MEAN, STD, config.seed, mesh)
+  losses, norms = [], []
+  for batch in batches:
+    state, metrics = step(state, parallel.shard_batch(batch, mesh,
+                                                      parallel.batch_spec(model, mesh)))
+    losses.append(float(metrics['loss']))
+    norms.append(float(metrics['grad_norm']))
+  return init, state, losses, norms
+
+
+@needs_four_devices
+@pytest.mark.parametrize('model', ['paper', 'owt'])
+def test_two_steps_on_a_2x2_mesh_match_one_device(model):
+  config, batches, init, state, losses, norms = _two_steps_on_2x2(model)
+  ref_params, ref_losses, ref_norms = _reference_sgd(config, init, batches)
+  np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
+  np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
+  params = jax.device_get(state.params)
+  for name in LAYERS:
+    for kind in ('kernel', 'bias'):
+      update = params[name][kind] - init[name][kind]
+      ref_update = ref_params[name][kind] - init[name][kind]
+      assert np.abs(ref_update).max() > 0, (name, kind)
+      np.testing.assert_allclose(update, ref_update, rtol=1e-3,
+                                 atol=1e-4 * np.abs(ref_update).max(), err_msg=f'{name}/{kind}')
+
+
+def _shard_of(array, device):
+  return next(s for s in array.addressable_shards if s.device == device)
+
+
+@needs_four_devices
+def test_each_tower_lives_on_its_own_device():
+  state = _two_steps_on_2x2('paper')[3]
+  mesh = parallel.make_mesh(model_axis_size=2)
+  momentum = state.opt_state.inner_state[2].trace
+  for name in LAYERS:
+    for array in (state.params[name]['kernel'], momentum[name]['kernel']):
+      assert array.sharding.spec[-1] == 'model', name
+      whole = np.asarray(jax.device_get(array))
+      half = whole.shape[-1] // 2
+      for row in mesh.devices:          # each `batch` index holds both towers, one per device
+        tower0, tower1 = (np.asarray(_shard_of(array, d).data) for d in row)
+        np.testing.assert_array_equal(tower0, whole[..., :half])
+        np.testing.assert_array_equal(tower1, whole[..., half:])
+        assert not np.array_equal(tower0, tower1)
+
+
+@needs_four_devices
+def test_owt_hybrid_keeps_convolutions_whole_and_splits_the_classifier():
+  state = _two_steps_on_2x2('owt')[3]
+  for name in LAYERS:
+    kernel = state.params[name]['kernel']
+    if name.startswith('conv'):
+      assert kernel.sharding.spec == P(), name
+      assert all(s.data.shape == kernel.shape for s in kernel.addressable_shards)
+    else:
+      assert kernel.sharding.spec == P(None, 'model'), name
+      assert all(s.data.shape[-1] == kernel.shape[-1] // 2 for s in kernel.addressable_shards)
+
+
+MODEL_GROUPS, BATCH_GROUPS = '{{0,1},{2,3}}', '{{0,2},{1,3}}'
+
+
+def _collectives(config):
+  """(op, replica groups, result shape) of each collective in the compiled train step."""
+  mesh = parallel.make_mesh(model_axis_size=2)
+  model = train.create_model(config, 10)
+  state = train.create_train_state(config, model, mesh)
+  batch = parallel.shard_batch(_batches(config, 1)[0], mesh, parallel.batch_spec(model, mesh))
+  hlo = parallel.make_train_step(model, MEAN, STD, config.seed, mesh).lower(
+      state, batch).compile().as_text()
+  found = []
+  for line in hlo.splitlines():
+    match = re.search(r'= (.+?) (all-gather|reduce-scatter|all-reduce|all-to-all|'
+                      r'collective-permute)(-start)?\(.*replica_groups=(\{[{}0-9,]*\})', line)
+    if match:
+      found.append((match.group(2), match.group(4), match.group(1)))
+  return found
+
+
+@needs_four_devices
+def test_paper_towers_exchange_only_where_the_paper_does():
+  """conv3, fc6, fc7 and fc8 gather the towers' outputs (and the loss the logits); the
+  backward pass reduce-scatters at the same five places; all else is over `batch`."""
+  config = _config('paper')
+  found = _collectives(config)
+  over_model = collections.Counter((op, shape) for op, groups, shape in found
+                                   if groups == MODEL_GROUPS)
+  b = config.global_batch_size // 2   # examples per batch index
+  pooled2, pooled5 = 'f32[%d,3,3,32]' % b, 'f32[%d,1,1,32]' % b   # conv2 and conv5 after pooling
+  hidden, classes = 'f32[%d,512]' % b, 'f32[%d,10]' % b
+  assert {(op, shape.split('{')[0]): n for (op, shape), n in over_model.items()} == {
+      ('all-gather', pooled2): 1,                 # conv3 takes both towers' conv2 maps
+      ('all-gather', pooled5): 1,                 # fc6 takes both towers' conv5 maps
+      ('all-gather', hidden): 2,                  # fc7 and fc8 take all of fc6 and fc7
+      ('all-gather', classes): 1,                 # the softmax takes all 10 logits
+      ('reduce-scatter', pooled2.replace('32]', '16]')): 1,   # and back, in the backward pass
+      ('reduce-scatter', pooled5.replace('32]', '16]')): 1,
+      ('reduce-scatter', hidden.replace('512]', '256]')): 2,
+      ('reduce-scatter', classes.replace('10]', '5]')): 1,
+      ('all-reduce', 'f32[]'): 1,                 # the gradient norm's sum of squares
+  }
+  others = [(op, groups) for op, groups, _ in found if groups != MODEL_GROUPS]
+  assert others and all(op == 'all-reduce' and groups == BATCH_GROUPS for op, groups in others)
+
+
+@needs_four_devices
+def test_a_run_on_2x2_resumes_on_4x1_and_restores_on_one_device(tmp_path):
+  workdir = str(tmp_path)
+  config = _config('paper')
+  config.num_train_steps = 2
+  train.train_and_evaluate(config, workdir)                 # 2 x 2: towers on two devices
+  config.model_axis_size, config.num_train_steps = 1, 4
+  train.train_and_evaluate(config, workdir)                 # 4 x 1: data parallel only
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+
+  one_device = parallel.make_mesh(jax.devices()[:1])
+  model = train.create_model(config, 10)
+  template = train.create_train_state(config, model, one_device)
+  params, step = checkpointing.restore_params(workdir, 'latest', template)
+  assert step == 4
+  saved = saved_state(workdir, 4)['params']
+  for name in LAYERS:
+    np.testing.assert_array_equal(np.asarray(params[name]['kernel']), saved[name]['kernel'])
+    assert params[name]['kernel'].sharding.device_set == {jax.devices()[0]}
