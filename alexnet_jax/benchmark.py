@@ -3,10 +3,11 @@
 Times the trainer's own step (`parallel.make_train_step`: the same model,
 optimiser, pmean and non-finite guard) on all local devices, on synthetic
 uint8 batches already on the devices, so the numbers are the step's alone.
-For each model, dtype and global batch size it prints images/s, the time of
-the first compile, the device's peak memory where the backend reports it (or
-XLA's plan of the step's memory where it does not), and the model FLOPs
-utilisation against `--peak_tflops` or a known peak for the device.
+For each model, mesh, dtype and global batch size it prints images/s, the
+time of the first compile, the peak memory of one device where the backend
+reports it (or XLA's plan of one device's memory for the step where it does
+not), and the model FLOPs utilisation against `--peak_tflops` or a known peak
+for the device. Each configuration runs in a process of its own.
 
 Where PyTorch is installed, the same single-tower AlexNet (torchvision's,
 written below) is timed as a training step on the same device and batch, and
@@ -100,9 +101,10 @@ def _median_step_time(step, state, batch, steps: int, repeats: int):
 
 
 def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_classes: int,
-              steps: int, warmup: int, repeats: int, peak_tflops: float | None = None) -> dict:
+              steps: int, warmup: int, repeats: int, peak_tflops: float | None = None,
+              model_axis_size: int = 1) -> dict:
   devices = jax.local_devices()
-  mesh = parallel.make_mesh(devices)
+  mesh = parallel.make_mesh(devices, model_axis_size)
   model = models.AlexNet(num_classes=num_classes, variant=variant, dtype=jnp.dtype(dtype))
   state = parallel.init_train_state(model, optim.paper_sgd(0.01, 0.9, 5e-4), image_size,
                                    seed=0, mesh=mesh)
@@ -110,7 +112,7 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   batch = parallel.shard_batch({
       'image': rng.integers(0, 256, (global_batch, image_size, image_size, 3), np.uint8),
       'label': rng.integers(0, num_classes, (global_batch,), np.int32),
-  }, mesh)
+  }, mesh, parallel.batch_spec(model, mesh))
   train_step = parallel.make_train_step(model, MEAN_RGB, STD_RGB, seed=0, mesh=mesh)
 
   start = time.perf_counter()
@@ -193,36 +195,42 @@ def bench_torch(dtype: str, global_batch: int, image_size: int, num_classes: int
   return {'images_per_s': global_batch / statistics.median(times), 'threads': torch.get_num_threads()}
 
 
-HEADER = ('model', 'dtype', 'batch', 'images/s', 'step ms', 'compile s', 'memory GiB', 'TFLOP/s',
-          'MFU', 'torch images/s', 'jax/torch')
+HEADER = ('model', 'mesh (batch x model)', 'dtype', 'batch', 'images/s', 'step ms', 'compile s',
+          'memory GiB per device', 'TFLOP/s', 'MFU', 'torch images/s', 'jax/torch')
 
 
-def configuration_row(args, variant: str, dtype: str, batch: int) -> list[str]:
-  """One table row: the JAX step, and for `owt` the PyTorch step beside it."""
+def configuration_row(args, variant: str, dtype: str, batch: int, model_axis_size: int
+                      ) -> list[str]:
+  """One table row: the JAX step, and for `owt` on data parallelism the PyTorch step beside it."""
   r = bench_jax(variant, dtype, batch, args.image_size, args.num_classes, args.steps,
-                args.warmup, args.repeats, args.peak_tflops)
+                args.warmup, args.repeats, args.peak_tflops, model_axis_size)
   t = (bench_torch(dtype, batch, args.image_size, args.num_classes, args.steps, args.warmup,
                    args.repeats)
-       if variant == 'owt' and not args.no_torch else None)
-  return [variant, dtype, str(batch), f'{r["images_per_s"]:.1f}', f'{r["step_ms"]:.1f}',
+       if variant == 'owt' and model_axis_size == 1 and not args.no_torch else None)
+  mesh = f'{jax.local_device_count() // model_axis_size} x {model_axis_size}'
+  return [variant, mesh, dtype, str(batch), f'{r["images_per_s"]:.1f}', f'{r["step_ms"]:.1f}',
           f'{r["compile_s"]:.1f}', r['memory'], f'{r["tflops"]:.2f}', r['mfu'],
           f'{t["images_per_s"]:.1f}' if t else '-',
           f'{r["images_per_s"] / t["images_per_s"]:.2f}' if t else '-']
 
 
-def _row_in_child_process(args, variant: str, dtype: str, batch: int) -> list[str]:
+def _row_in_child_process(args, variant: str, dtype: str, batch: int, model_axis_size: int
+                          ) -> list[str]:
   """The row computed by a fresh process, so the device's peak memory is this step's alone."""
+  listed = ('models', 'dtypes', 'batch_sizes', 'model_axis_sizes')
   flags = [f'--{name}={value}' for name, value in vars(args).items()
-           if value not in (None, False) and name not in ('models', 'dtypes', 'batch_sizes')]
+           if value not in (None, False) and name not in listed]
   command = [sys.executable, '-m', 'alexnet_jax.benchmark', f'--models={variant}',
-             f'--dtypes={dtype}', f'--batch_sizes={batch}', *flags, '--row_json']
+             f'--dtypes={dtype}', f'--batch_sizes={batch}',
+             f'--model_axis_sizes={model_axis_size}', *flags, '--row_json']
   output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
   return json.loads(output.strip().splitlines()[-1])
 
 
 def main(args):
-  configurations = [(variant, dtype, int(batch)) for variant in args.models.split(',')
-                    for dtype in args.dtypes.split(',') for batch in args.batch_sizes.split(',')]
+  configurations = [(variant, dtype, int(batch), int(split))
+                    for variant in args.models.split(',')
+                    for split in args.model_axis_sizes.split(',') for dtype in args.dtypes.split(',') for batch in args.batch_sizes.split(',')]
   if args.row_json:
     print(json.dumps(configuration_row(args, *configurations[0])))
     return
@@ -245,6 +253,9 @@ def _parse_args():
   parser.add_argument('--models', default='owt,paper')
   parser.add_argument('--dtypes', default='float32,bfloat16')
   parser.add_argument('--batch_sizes', default='128,256', help='global batch sizes')
+  parser.add_argument('--model_axis_sizes', default='1',
+                      help='devices that split the network (the mesh\'s model axis); 1: data '
+                           'parallelism alone, 2: the paper\'s towers or owt\'s split classifier')
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--steps', type=int, default=10, help='steps per timed repeat')

@@ -4,6 +4,8 @@ import pathlib
 import subprocess
 import sys
 
+import pytest
+
 from alexnet_jax import benchmark, models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -31,8 +33,10 @@ def test_forward_flops_match_a_hand_count_of_torchvisions_alexnet():
   assert abs(flops / (2 * macs) - 1) < 0.01   # biases, ReLUs and pooling are the rest
 
 
-def test_step_benchmark_reports_a_rate():
+@pytest.mark.parametrize('model_axis_size', [1, 2])
+def test_step_benchmark_reports_a_rate(model_axis_size):
   result = benchmark.bench_jax('paper', 'float32', global_batch=4, image_size=64, num_classes=10,
-                               steps=1, warmup=1, repeats=1, peak_tflops=1.0)
+                               steps=1, warmup=1, repeats=1, peak_tflops=1.0,
+                               model_axis_size=model_axis_size)
   assert result['images_per_s'] > 0 and result['compile_s'] > 0
   assert result['mfu'].endswith('%') and 'GiB' not in result['memory']
