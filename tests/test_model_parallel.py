@@ -19,7 +19,7 @@ import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpointing, parallel, train
+from alexnet_jax import checkpointing, evaluate, input_pipeline, parallel, train
 from tests.conftest import saved_state, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -154,6 +154,27 @@ def test_owt_hybrid_keeps_convolutions_whole_and_splits_the_classifier():
     else:
       assert kernel.sharding.spec == P(None, 'model'), name
       assert all(s.data.shape[-1] == kernel.shape[-1] // 2 for s in kernel.addressable_shards)
+
+
+@needs_four_devices
+@pytest.mark.parametrize('model', ['paper', 'owt'])
+def test_evaluation_on_2x2_counts_every_example_once_as_on_4x1(model):
+  """13 validation examples (padded to 16, the padding masked) give the same counts split."""
+  config, _, _, state, _, _ = _two_steps_on_2x2(model)
+  data = input_pipeline.create(config, config.global_batch_size)
+  params = jax.device_get(state.params)
+  results = []
+  for model_axis_size in (2, 1):
+    mesh = parallel.make_mesh(model_axis_size=model_axis_size)
+    net = train.create_model(config, 10)
+    template = train.create_train_state(config, net, mesh).params   # placed as on this mesh
+    placed = jax.tree.map(lambda t, p: jax.device_put(p, t.sharding), template, params)
+    step = parallel.make_eval_step(net, MEAN, STD, mesh)
+    results.append(evaluate.evaluate(step, [placed], data, mesh, parallel.batch_spec(net, mesh)))
+  split, whole = results
+  assert split['examples'] == whole['examples'] == 13
+  assert split['top1_error'] == whole['top1_error'] and split['top5_error'] == whole['top5_error']
+  assert split['loss'] == pytest.approx(whole['loss'], rel=1e-5)
 
 
 MODEL_GROUPS, BATCH_GROUPS = '{{0,1},{2,3}}', '{{0,2},{1,3}}'
