@@ -189,7 +189,7 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
     state_specs = model_parallel.specs(state, layers)
     # check_vma=False keeps pmap's semantics: the replicated parameters are not
     # tracked as invariant, so their gradients are per-device and the explicit
-    # pmean above is the one and only reduction.
+    # psum and pmean above are the only reductions.
     mapped = jax.shard_map(functools.partial(per_device, param_specs=state_specs.params),
                            mesh=mesh, in_specs=(state_specs, batch_spec(model, mesh)),
                            out_specs=(state_specs, P()), check_vma=False)
@@ -200,13 +200,12 @@ def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable
 
 def _global_norm(grads, param_specs):
   """The norm of the whole gradient; a split parameter's squares are summed over `model`."""
-  squares = jax.tree.map(lambda g: jnp.sum(jnp.square(g.astype(jnp.float32))), grads)
-  split = [sq for sq, spec in zip(jax.tree.leaves(squares), jax.tree.leaves(param_specs))
-           if MODEL_AXIS in spec]
-  whole = sum(jax.tree.leaves(squares)) - sum(split)
-  if split:
-    whole = whole + lax.psum(sum(split), MODEL_AXIS)
-  return jnp.sqrt(whole)
+  squares = [(jnp.sum(jnp.square(g.astype(jnp.float32))), MODEL_AXIS in spec)
+             for g, spec in zip(jax.tree.leaves(grads), jax.tree.leaves(param_specs))]
+  total = sum(sq for sq, split in squares if not split)
+  if any(split for _, split in squares):
+    total = total + lax.psum(sum(sq for sq, split in squares if split), MODEL_AXIS)
+  return jnp.sqrt(total)
 
 
 def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
