@@ -10,8 +10,12 @@ from alexnet_jax.errors import ConfigError
 DTYPES = ('float32', 'bfloat16')
 
 
-def check(config, num_devices: int) -> None:
-  """Raises ConfigError listing every field that is wrong, each with its fix."""
+def check(config, num_devices: int, num_local_devices: int | None = None) -> None:
+  """Raises ConfigError listing every field that is wrong, each with its fix.
+
+  `num_local_devices`: the devices of this host (by default all `num_devices`).
+  """
+  num_local_devices = num_local_devices or num_devices
   problems = []
 
   def need(ok: bool, message: str):
@@ -41,6 +45,10 @@ def check(config, num_devices: int) -> None:
   if split < 1 or num_devices % split:
     problems.append(f'model_axis_size={split} must divide the {num_devices} devices: the mesh is '
                     f'(devices / model_axis_size) x model_axis_size; 1 is data parallelism alone.')
+  elif num_local_devices % split:
+    problems.append(f'model_axis_size={split} must divide the {num_local_devices} devices of '
+                    'each host: the devices that split the network stay on one host, and '
+                    'each host reads its own examples.')
   elif config.model in models.VARIANTS and split > 1:
     towers = models.VARIANTS[config.model].towers
     if towers > 1 and split != towers:

@@ -22,7 +22,7 @@ from alexnet_jax import (checkpointing, color_stats, config_checks, errors, eval
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
-  config_checks.check(config, jax.device_count())
+  config_checks.check(config, jax.device_count(), jax.local_device_count())
   mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   # The mean pixel each workdir was trained with (its own, with color_stats=computed).
   resolved = [color_stats.resolve(config, workdir) for workdir in workdirs]

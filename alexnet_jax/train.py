@@ -37,7 +37,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   Returns the last evaluation's metrics.
   """
-  config_checks.check(config, jax.device_count())
+  config_checks.check(config, jax.device_count(), jax.local_device_count())
   mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   config_checks.check_workdir(workdir)
   config = color_stats.resolve(config, workdir)

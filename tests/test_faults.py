@@ -168,6 +168,9 @@ def test_model_splits_the_network_cannot_take_are_named():
   config.model, config.width, config.model_axis_size = 'owt', 0.5, 3   # 2048 hidden units
   with pytest.raises(errors.ConfigError, match='model_axis_size=3 does not divide the 2048 units'):
     config_checks.check(config, num_devices=6)
+  config.model_axis_size = 2
+  with pytest.raises(errors.ConfigError, match='must divide the 1 devices of each host'):
+    config_checks.check(config, num_devices=2, num_local_devices=1)
   config.model_axis_size = 4
   with pytest.raises(errors.ConfigError, match="does not divide the dataset's 10 classes"):
     config_checks.check_classes(config, 10)

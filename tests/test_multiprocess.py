@@ -27,11 +27,11 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_two(workdir, num_train_steps, heartbeat=100):
+def _start_two(workdir, num_train_steps, heartbeat=100, devices_each=1, settings=None):
   port = _free_port()
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': '--xla_force_host_platform_device_count=1'}
-  flags = [f'--config.{k}={v}' for k, v in SETTINGS.items()]
+         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}'}
+  flags = [f'--config.{k}={v}' for k, v in (settings or SETTINGS).items()]
   flags += [f'--config.num_train_steps={num_train_steps}', '--config.synthetic.eval_examples=13']
   return [subprocess.Popen(
       [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdir}',
@@ -62,6 +62,26 @@ def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
   one = str(tmp_path / 'one')
   train.train_and_evaluate(config, one)
   saved_one, saved_two = _saved_state(one, 6), _saved_state(two, 6)
+  for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
+    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_two_hosts_of_two_devices_split_the_classifier_as_one_host_does(tmp_path):
+  """owt on a 2 x 2 mesh over two processes, each host's two devices one `model` group,
+  against a 1 x 2 mesh in this process: the same global batch, the same parameters."""
+  settings = {**SETTINGS, 'model_axis_size': 2, 'dropout_rate': 0.0}
+  two = str(tmp_path / 'two')
+  processes = _start_two(two, 3, devices_each=2, settings=settings)
+  for p in processes:
+    output, _ = p.communicate(timeout=300)
+    assert p.returncode == 0, output[-3000:]
+    assert "a mesh of {'batch': 2, 'model': 2}" in output, output[-3000:]
+  config = tiny_config()
+  config.update(settings)
+  config.num_train_steps = 3
+  one = str(tmp_path / 'one')
+  train.train_and_evaluate(config, one)
+  saved_one, saved_two = _saved_state(one, 3), _saved_state(two, 3)
   for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
 
