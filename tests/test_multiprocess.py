@@ -50,40 +50,35 @@ def _saved_state(workdir, step):
   return checkpointer.restore(path, restore_args=as_numpy)
 
 
-def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
+def _two_processes_against_this_one(tmp_path, steps: int, settings: dict, devices_each: int,
+                                    mesh: str):
+  """Trains `steps` in two joined processes and in this one; their parameters must agree."""
   two = str(tmp_path / 'two')
-  processes = _start_two(two, 6)
-  for p in processes:
+  for p in _start_two(two, steps, devices_each=devices_each, settings=settings):
     output, _ = p.communicate(timeout=300)
     assert p.returncode == 0, output[-3000:]
+    assert f'a mesh of {mesh}' in output, output[-3000:]
   config = tiny_config()
-  config.update(SETTINGS)
-  config.num_train_steps = 6
+  config.update(settings)
+  config.num_train_steps = steps
   one = str(tmp_path / 'one')
   train.train_and_evaluate(config, one)
-  saved_one, saved_two = _saved_state(one, 6), _saved_state(two, 6)
+  saved_one, saved_two = _saved_state(one, steps), _saved_state(two, steps)
   for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+
+
+def test_two_processes_train_like_one_process_with_two_devices(tmp_path):
+  _two_processes_against_this_one(tmp_path, 6, SETTINGS, devices_each=1,
+                                  mesh="{'batch': 2, 'model': 1}")
 
 
 def test_two_hosts_of_two_devices_split_the_classifier_as_one_host_does(tmp_path):
   """owt on a 2 x 2 mesh over two processes, each host's two devices one `model` group,
   against a 1 x 2 mesh in this process: the same global batch, the same parameters."""
-  settings = {**SETTINGS, 'model_axis_size': 2, 'dropout_rate': 0.0}
-  two = str(tmp_path / 'two')
-  processes = _start_two(two, 3, devices_each=2, settings=settings)
-  for p in processes:
-    output, _ = p.communicate(timeout=300)
-    assert p.returncode == 0, output[-3000:]
-    assert "a mesh of {'batch': 2, 'model': 2}" in output, output[-3000:]
-  config = tiny_config()
-  config.update(settings)
-  config.num_train_steps = 3
-  one = str(tmp_path / 'one')
-  train.train_and_evaluate(config, one)
-  saved_one, saved_two = _saved_state(one, 3), _saved_state(two, 3)
-  for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
-    np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
+  _two_processes_against_this_one(tmp_path, 3, {**SETTINGS, 'model_axis_size': 2,
+                                                'dropout_rate': 0.0},
+                                  devices_each=2, mesh="{'batch': 2, 'model': 2}")
 
 
 def test_when_one_process_dies_the_other_stops_with_an_error(tmp_path):
