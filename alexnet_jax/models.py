@@ -44,15 +44,14 @@ class LocalResponseNorm(nn.Module):
     channels = x.shape[-1]
     if channels % self.groups:
       raise ValueError(f'LRN: {channels} channels do not split into {self.groups} groups.')
-    band_matmul = functools.partial(_band_matmul_window_sum, depth_radius=self.depth_radius,
-                                    groups=self.groups)
-    reduce_window = functools.partial(_reduce_window_sum, depth_radius=self.depth_radius,
-                                      groups=self.groups)
+    sums = {name: functools.partial(f, depth_radius=self.depth_radius, groups=self.groups)
+            for name, f in (('band_matmul', _band_matmul_window_sum),
+                            ('reduce_window', _reduce_window_sum))}
     if self.window_sum == 'auto':
-      window_sum = lax.platform_dependent(x * x, cpu=band_matmul, default=reduce_window)
-    elif self.window_sum in ('band_matmul', 'reduce_window'):
-      window_sum = {'band_matmul': band_matmul, 'reduce_window': reduce_window}[self.window_sum](
-          x * x)
+      window_sum = lax.platform_dependent(x * x, cpu=sums['band_matmul'],
+                                          default=sums['reduce_window'])
+    elif self.window_sum in sums:
+      window_sum = sums[self.window_sum](x * x)
     else:
       raise ValueError(f'LRN: unknown window_sum {self.window_sum!r}; choose auto, band_matmul '
                        'or reduce_window.')

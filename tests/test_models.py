@@ -41,6 +41,12 @@ def test_lrn_gradient_matches_tensorflow(beta, window_sum):
                              rtol=1e-4, atol=1e-6)
 
 
+def test_lrn_on_cpu_compiles_only_the_band_matmul():
+  lrn = models.LocalResponseNorm(groups=2)
+  hlo = jax.jit(lambda x: lrn.apply({}, x)).lower(jnp.ones((2, 5, 5, 16))).compile().as_text()
+  assert 'dot(' in hlo and 'reduce-window' not in hlo and 'conditional' not in hlo
+
+
 @pytest.mark.parametrize('window_sum', WINDOW_SUMS)
 def test_lrn_with_groups_normalises_each_tower_on_its_own(window_sum):
   x = _lrn_input((2, 4, 4, 12), seed=1)
