@@ -119,8 +119,8 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   compiled = train_step.lower(state, batch).compile()
   compile_s = time.perf_counter() - start
   for _ in range(warmup):
-    state, metrics = compiled(state, batch)
-  jax.block_until_ready(metrics)
+    state, _ = compiled(state, batch)
+  jax.block_until_ready(state)
   step_s, state = _median_step_time(compiled, state, batch, steps, repeats)
   memory_kind, memory_gib = _memory(compiled, devices)
   train_flops = 3 * forward_flops(model, image_size) * global_batch  # backward ~ 2x forward
@@ -218,8 +218,10 @@ def _row_in_child_process(args, variant: str, dtype: str, batch: int, model_axis
                           ) -> list[str]:
   """The row computed by a fresh process, so the device's peak memory is this step's alone."""
   listed = ('models', 'dtypes', 'batch_sizes', 'model_axis_sizes')
-  flags = [f'--{name}={value}' for name, value in vars(args).items()
-           if value not in (None, False) and name not in listed]
+  flags = [f'--{name}' if value is True else f'--{name}={value}'
+           for name, value in vars(args).items()
+           # `is`, not `==`: a flag of 0 (--warmup=0) equals False and is passed on too.
+           if value is not None and value is not False and name not in listed]
   command = [sys.executable, '-m', 'alexnet_jax.benchmark', f'--models={variant}',
              f'--dtypes={dtype}', f'--batch_sizes={batch}',
              f'--model_axis_sizes={model_axis_size}', *flags, '--row_json']

@@ -4,8 +4,6 @@ import pathlib
 import subprocess
 import sys
 
-import pytest
-
 from alexnet_jax import benchmark, models
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,10 +31,20 @@ def test_forward_flops_match_a_hand_count_of_torchvisions_alexnet():
   assert abs(flops / (2 * macs) - 1) < 0.01   # biases, ReLUs and pooling are the rest
 
 
-@pytest.mark.parametrize('model_axis_size', [1, 2])
-def test_step_benchmark_reports_a_rate(model_axis_size):
+def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
+  # The data-parallel mesh runs in the command test below.
   result = benchmark.bench_jax('paper', 'float32', global_batch=4, image_size=64, num_classes=10,
-                               steps=1, warmup=1, repeats=1, peak_tflops=1.0,
-                               model_axis_size=model_axis_size)
+                               steps=1, warmup=1, repeats=1, peak_tflops=1.0, model_axis_size=2)
   assert result['images_per_s'] > 0 and result['compile_s'] > 0
   assert result['mfu'].endswith('%') and 'GiB' not in result['memory']
+
+
+def test_command_runs_each_configuration_in_its_own_process_with_the_flags_given():
+  command = [sys.executable, '-m', 'alexnet_jax.benchmark', '--models=owt', '--dtypes=float32',
+             '--batch_sizes=2,4', '--image_size=64', '--num_classes=10', '--steps=1',
+             '--repeats=1', '--warmup=0', '--no_torch']
+  output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
+                          timeout=300).stdout
+  rows = [line for line in output.splitlines() if line.startswith('| owt |')]
+  assert [row.split(' | ')[3] for row in rows] == ['2', '4']   # one row per batch size
+  assert all(row.split(' | ')[-2:] == ['-', '- |'] for row in rows)   # --no_torch reached them
