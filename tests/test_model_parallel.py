@@ -224,21 +224,24 @@ def test_paper_towers_exchange_only_where_the_paper_does():
 
 
 @needs_four_devices
-def test_a_run_on_2x2_resumes_on_4x1_and_restores_on_one_device(tmp_path):
+def test_a_checkpoint_saved_on_2x2_restores_on_4x1_and_on_one_device(tmp_path):
   workdir = str(tmp_path)
   config = _config('paper')
   config.num_train_steps = 2
   train.train_and_evaluate(config, workdir)                 # 2 x 2: towers on two devices
-  config.model_axis_size, config.num_train_steps = 1, 4
-  train.train_and_evaluate(config, workdir)                 # 4 x 1: data parallel only
-  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
-
-  one_device = parallel.make_mesh(jax.devices()[:1])
+  saved = saved_state(workdir, 2)
   model = train.create_model(config, 10)
-  template = train.create_train_state(config, model, one_device)
-  params, step = checkpointing.restore_params(workdir, 'latest', template)
-  assert step == 4
-  saved = saved_state(workdir, 4)['params']
-  for name in LAYERS:
-    np.testing.assert_array_equal(np.asarray(params[name]['kernel']), saved[name]['kernel'])
-    assert params[name]['kernel'].sharding.device_set == {jax.devices()[0]}
+  for mesh in (parallel.make_mesh(model_axis_size=1),       # 4 x 1: data parallel only
+               parallel.make_mesh(jax.devices()[:1])):      # one device
+    template = train.create_train_state(config, model, mesh)
+    state, _ = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
+                                         read_only=True).restore(template)
+    assert int(state.step) == 2
+    momentum = state.opt_state.inner_state[2].trace
+    saved_momentum = saved['opt_state']['inner_state'][2]['trace']
+    for name in LAYERS:
+      for restored, expected in ((state.params[name]['kernel'], saved['params'][name]['kernel']),
+                                 (momentum[name]['kernel'], saved_momentum[name]['kernel'])):
+        np.testing.assert_array_equal(np.asarray(restored), expected)
+        assert restored.sharding.device_set == set(mesh.devices.flat)
+        assert restored.sharding.is_fully_replicated
