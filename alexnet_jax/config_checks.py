@@ -24,6 +24,9 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
 
   need(config.model in models.VARIANTS,
        f'model={config.model!r} is unknown: choose one of {sorted(models.VARIANTS)}.')
+  need(config.initialization in models.INITIALIZATIONS,
+       f'initialization={config.initialization!r} is unknown: choose one of '
+       f'{models.INITIALIZATIONS}.')
   need(config.dtype in DTYPES, f'dtype={config.dtype!r} is unknown: choose one of {DTYPES}.')
   for field in ('global_batch_size', 'image_size', 'resize_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints', 'shuffle_buffer'):

@@ -132,22 +132,31 @@ class Variant:
   conv_groups: tuple[int, int, int, int, int]   # feature_group_count of conv1..conv5
   towers: int             # channel counts stay divisible by this under a width multiplier
   lrn: bool               # LRN after the ReLU of conv1 and conv2
-  paper_init: bool        # N(0, 0.01) weights, biases of 1 in conv2/4/5 and fc6/7
+  initialization: str     # the default of `AlexNet.initialization`
 
 
 VARIANTS = {
     # The paper's network: two towers; conv2, conv4 and conv5 see only their own tower.
     'paper': Variant((96, 256, 384, 384, 256), (1, 2, 1, 2, 2), towers=2, lrn=True,
-                     paper_init=True),
+                     initialization='caffe'),
     # "One weird trick" (Krizhevsky 2014), as torchvision's alexnet: one tower, no LRN.
     'owt': Variant((64, 192, 384, 256, 256), (1, 1, 1, 1, 1), towers=1, lrn=False,
-                   paper_init=False),
+                   initialization='pytorch'),
 }
 
 # (kernel size, stride, padding) of conv1..conv5; padding 2 on conv1 turns 224 into 55.
 _CONV_GEOMETRY = ((11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1))
 _POOL_AFTER = (0, 1, 4)          # overlapping 3x3 / stride-2 max pooling after conv1, conv2, conv5
+# The layers whose biases the paper sets to 1 (section 5); the others start at 0.
 _PAPER_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
+# How a layer's kernel and bias start (`AlexNet.initialization`):
+#   paper    the paper's section 5: weights N(0, 0.01), biases of 1 in _PAPER_BIAS_ONE.
+#   caffe    BVLC Caffe's reference AlexNet (models/bvlc_alexnet): the paper's, but biases of
+#            0.1 where the paper has 1 and fc6/fc7 weights N(0, 0.005). Its readme: "initializing
+#            non-zero biases to 0.1 instead of 1 (found necessary for training, as
+#            initialization to 1 gave flat loss)".
+#   pytorch  PyTorch's default (torchvision's AlexNet): uniform, variance 1/(3 fan_in), biases 0.
+INITIALIZATIONS = ('paper', 'caffe', 'pytorch')
 HIDDEN_UNITS = 4096
 
 
@@ -186,17 +195,22 @@ class AlexNet(nn.Module):
   width: float = 1.0
   dropout_rate: float = 0.5
   dtype: Any = jnp.float32
+  initialization: str | None = None   # one of INITIALIZATIONS; None: the variant's own
   model_axis: str | None = None
   model_axis_size: int = 1
 
   def _inits(self, name: str):
-    if VARIANTS[self.variant].paper_init:
-      bias = 1.0 if name in _PAPER_BIAS_ONE else 0.0
-      return dict(kernel_init=nn.initializers.normal(stddev=0.01),
-                  bias_init=nn.initializers.constant(bias))
-    # PyTorch's default: uniform with variance 1/(3 fan_in).
-    return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
-                bias_init=nn.initializers.zeros)
+    scheme = self.initialization or VARIANTS[self.variant].initialization
+    if scheme == 'pytorch':
+      return dict(kernel_init=nn.initializers.variance_scaling(1 / 3, 'fan_in', 'uniform'),
+                  bias_init=nn.initializers.zeros)
+    if scheme not in ('paper', 'caffe'):
+      raise ValueError(f'Unknown initialization {scheme!r}; choose one of {INITIALIZATIONS}.')
+    caffe = scheme == 'caffe'
+    bias = (0.1 if caffe else 1.0) if name in _PAPER_BIAS_ONE else 0.0
+    stddev = 0.005 if caffe and name in ('fc6', 'fc7') else 0.01
+    return dict(kernel_init=nn.initializers.normal(stddev=stddev),
+                bias_init=nn.initializers.constant(bias))
 
   def _gather(self, x, axis: int = -1):
     """This device's slice of `x` along `axis` joined with the other devices' of `model_axis`."""

@@ -23,7 +23,8 @@ def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
 
 def create_model(config, num_classes: int) -> models.AlexNet:
   return models.AlexNet(num_classes=num_classes, variant=config.model, width=config.width,
-                        dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.dtype))
+                        dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.dtype),
+                        initialization=config.initialization)
 
 
 def create_train_state(config, model, mesh) -> train_state.TrainState:

@@ -18,6 +18,11 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.model = 'paper'           # 'paper' (two towers, LRN) or 'owt' (one tower)
   config.width = 1.0               # multiplies every layer's size; 1.0 is the paper's
   config.dropout_rate = 0.5
+  # How the weights and biases start. 'caffe': BVLC Caffe's reference AlexNet, the paper's
+  # N(0, 0.01) weights but biases of 0.1 instead of 1 and fc6/fc7 weights N(0, 0.005); with
+  # the paper's exact values ('paper': biases of 1) the loss stays flat (README). 'pytorch':
+  # PyTorch's default, which the owt variant uses.
+  config.initialization = 'caffe'
   config.dtype = 'float32'         # compute dtype; 'bfloat16' keeps float32 parameters
   # Devices that split the network between them (the mesh's `model` axis); the rest of the
   # devices split the batch. 1: data parallelism alone. 2 with model='paper': one tower per
@@ -112,4 +117,5 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
 def _one_weird_trick(config):
   """torchvision's AlexNet: one tower, PyTorch's initialisation, inputs scaled to unit std."""
   config.model = 'owt'
+  config.initialization = 'pytorch'
   config.std_rgb = (58.395, 57.12, 57.375)

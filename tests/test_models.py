@@ -135,13 +135,38 @@ def test_grouped_convolutions_see_only_their_own_tower():
   assert np.abs(before[..., :towers] - after[..., :towers]).max() > 1e-3
 
 
-def test_paper_initialisation():
-  model = models.AlexNet(variant='paper', width=0.5)
+BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')   # the paper's section 5
+
+
+@pytest.mark.parametrize('initialization, biases, stddevs', [
+    # The paper: N(0, 0.01) weights, biases of 1 in conv2, conv4, conv5, fc6 and fc7.
+    ('paper', lambda name: 1.0 if name in BIAS_ONE else 0.0, lambda name: 0.01),
+    # BVLC Caffe's reference AlexNet (train_val.prototxt): biases of 0.1 there, fc6/fc7 0.005.
+    ('caffe', lambda name: 0.1 if name in BIAS_ONE else 0.0,
+     lambda name: 0.005 if name in ('fc6', 'fc7') else 0.01),
+])
+def test_paper_and_caffe_initialisations(initialization, biases, stddevs):
+  model = models.AlexNet(variant='paper', width=0.5, initialization=initialization)
   params = model.init(jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)['params']
+  assert sorted(params) == ['conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8']
   for name, layer in params.items():
-    expected_bias = 1.0 if name in ('conv2', 'conv4', 'conv5', 'fc6', 'fc7') else 0.0
-    np.testing.assert_array_equal(np.asarray(layer['bias']), expected_bias)
-    assert abs(float(jnp.std(layer['kernel'])) - 0.01) < 0.001, name
+    np.testing.assert_array_equal(np.asarray(layer['bias']), np.float32(biases(name)), name)
+    assert abs(float(jnp.std(layer['kernel'])) / stddevs(name) - 1) < 0.05, name
+    assert abs(float(jnp.mean(layer['kernel']))) < 0.1 * stddevs(name), name
+
+
+def test_each_variant_starts_from_the_initialisation_it_documents():
+  from configs import alexnet
+  assert alexnet.get_config('paper').initialization == 'caffe'
+  assert alexnet.get_config('owt').initialization == 'pytorch'
+  # owt: PyTorch's default, uniform in +-1/sqrt(fan_in) (variance 1/(3 fan_in)), biases 0.
+  params = models.AlexNet(variant='owt', width=0.5).init(
+      jax.random.key(0), jnp.zeros((1, 224, 224, 3)), train=False)['params']
+  for name, layer in params.items():
+    kernel = np.asarray(layer['kernel'])
+    bound = 1 / np.sqrt(np.prod(kernel.shape[:-1]))
+    assert bound * 0.95 < np.abs(kernel).max() <= bound * (1 + 1e-6), name   # float32 rounding
+    np.testing.assert_array_equal(np.asarray(layer['bias']), 0.0)
 
 
 def test_dropout_only_in_training():
