@@ -1,12 +1,13 @@
 """Trains and evaluates AlexNet: `python main.py --config=configs/alexnet.py --workdir=DIR`."""
 
 import logging as std_logging
+import os
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import errors, parallel, train
+from alexnet_jax import errors
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/alexnet.py:demo.',
@@ -32,13 +33,28 @@ def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   logging.get_absl_handler().addFilter(_quiet_orbax)
-  parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
-                                  FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
+  # Imported here, not above: the data loader's worker processes start by importing this
+  # file, and need none of JAX's training stack or TensorFlow.
+  import jax
+  from alexnet_jax import parallel, train
   try:
+    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+                                    FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserFacingError as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
+  except jax.errors.JaxRuntimeError as e:
+    if jax.process_count() == 1:
+      raise
+    message = (f'error: a step this host takes with the others failed ({str(e).splitlines()[0]})'
+               '. Most likely another host of the job stopped or cannot be reached: its log '
+               'says why. Start the job again on every host to resume from the last '
+               'checkpoint.')
+    logging.error('%s', message)
+    print(message, file=sys.stderr, flush=True)
+    # JAX's own shutdown would wait for the lost host, then abort with a core dump.
+    os._exit(1)
 
 
 if __name__ == '__main__':

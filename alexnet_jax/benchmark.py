@@ -1,8 +1,10 @@
 """Training-step throughput: `python -m alexnet_jax.benchmark`.
 
-Times the trainer's own step (`parallel.make_train_step`: the same model,
-optimiser, pmean and non-finite guard) on all local devices, on synthetic
-uint8 batches already on the devices, so the numbers are the step's alone.
+Times the trainer's own step (`parallel.make_train_step`: the paper's patches,
+reflections and colour shift cut on the device from 256x256 images, the same
+model, optimiser, pmean and non-finite guard) on all local devices, on
+synthetic uint8 batches already on the devices, so the numbers are the step's
+alone.
 For each model, mesh, dtype and global batch size it prints images/s, the
 time of the first compile, the peak memory of one device where the backend
 reports it (or XLA's plan of one device's memory for the step where it does
@@ -30,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models, optim, parallel
+from alexnet_jax.data import augment
 
 # Dense peak FLOP/s per device (vendor figures), by a piece of the device kind
 # and the compute dtype; float32 matmuls on these GPUs run as TF32 by default.
@@ -44,6 +47,16 @@ KNOWN_PEAKS = {
 }
 MEAN_RGB = (123.68, 116.78, 103.94)
 STD_RGB = (58.395, 57.12, 57.375)
+PCA_EIGVAL = (55.46, 4.794, 1.148)
+PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+
+
+def augmentation(image_size: int) -> augment.Augmentation:
+  """The trainer's default augmentation (configs/alexnet.py) for `image_size` patches."""
+  return augment.Augmentation(image_size=image_size, mean=np.asarray(MEAN_RGB, np.float32),
+                              std=np.asarray(STD_RGB, np.float32), pca_std=0.1,
+                              pca_eigval=np.asarray(PCA_EIGVAL, np.float32),
+                              pca_eigvec=np.asarray(PCA_EIGVEC, np.float32))
 
 
 def _peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
@@ -102,7 +115,7 @@ def _median_step_time(step, state, batch, steps: int, repeats: int):
 
 def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_classes: int,
               steps: int, warmup: int, repeats: int, peak_tflops: float | None = None,
-              model_axis_size: int = 1) -> dict:
+              model_axis_size: int = 1, stored_size: int = 256) -> dict:
   devices = jax.local_devices()
   mesh = parallel.make_mesh(devices, model_axis_size)
   model = models.AlexNet(num_classes=num_classes, variant=variant, dtype=jnp.dtype(dtype))
@@ -110,10 +123,10 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
                                    seed=0, mesh=mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
-      'image': rng.integers(0, 256, (global_batch, image_size, image_size, 3), np.uint8),
+      'image': rng.integers(0, 256, (global_batch, stored_size, stored_size, 3), np.uint8),
       'label': rng.integers(0, num_classes, (global_batch,), np.int32),
   }, mesh, parallel.batch_spec(model, mesh))
-  train_step = parallel.make_train_step(model, MEAN_RGB, STD_RGB, seed=0, mesh=mesh)
+  train_step = parallel.make_train_step(model, augmentation(image_size), seed=0, mesh=mesh)
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
@@ -203,7 +216,8 @@ def configuration_row(args, variant: str, dtype: str, batch: int, model_axis_siz
                       ) -> list[str]:
   """One table row: the JAX step, and for `owt` on data parallelism the PyTorch step beside it."""
   r = bench_jax(variant, dtype, batch, args.image_size, args.num_classes, args.steps,
-                args.warmup, args.repeats, args.peak_tflops, model_axis_size)
+                args.warmup, args.repeats, args.peak_tflops, model_axis_size,
+                args.stored_size)
   t = (bench_torch(dtype, batch, args.image_size, args.num_classes, args.steps, args.warmup,
                    args.repeats)
        if variant == 'owt' and model_axis_size == 1 and not args.no_torch else None)
@@ -258,7 +272,9 @@ def _parse_args():
   parser.add_argument('--model_axis_sizes', default='1',
                       help='devices that split the network (the mesh\'s model axis); 1: data '
                            'parallelism alone, 2: the paper\'s towers or owt\'s split classifier')
-  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--image_size', type=int, default=224, help='the patch the model sees')
+  parser.add_argument('--stored_size', type=int, default=256,
+                      help='the stored images the patches are cut from')
   parser.add_argument('--num_classes', type=int, default=1000)
   parser.add_argument('--steps', type=int, default=10, help='steps per timed repeat')
   parser.add_argument('--repeats', type=int, default=3, help='the median repeat is reported')

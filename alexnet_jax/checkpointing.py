@@ -3,19 +3,78 @@
 A checkpoint holds the parameters, the optimiser state and the step (arrays),
 and `loop_state`, a JSON dict (the plateau controller's state). Orbax writes
 each one to a temporary folder and renames it when complete, so an
-interrupted save never looks like a checkpoint. A checkpoint that cannot be
-read is renamed `<step>.unreadable`, with a warning, and the next older one
-is restored instead.
+interrupted save never looks like a checkpoint.
+
+A checkpoint found damaged (files missing, truncated or failing their
+checksums) is renamed `<step>.unreadable`, with a warning, and the next older
+one is restored instead; every host must agree it is damaged before it is
+renamed. Any other failure to restore (a storage error that may pass, memory,
+a checkpoint of another optimiser after an upgrade) stops the run with the
+step and the cause, and renames nothing. A read-only restore never renames.
 """
 
+import errno
+import json
 import logging
-import os
+import shutil
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax.errors import ConfigError
+from alexnet_jax.errors import CheckpointError, ConfigError, StorageError
+
+# How tensorstore reports data that is not there or not whole (absl status codes), and
+# how Orbax reports a missing item.
+_DAMAGE_CODES = ('NOT_FOUND:', 'DATA_LOSS:', 'OUT_OF_RANGE:')
+_MISSING_ITEM = 'was not found in the checkpoint'
+OK, DAMAGED, FAILED = 0, 1, 2
+# A write the storage refuses, as the OS says it and as tensorstore (Orbax's arrays) does.
+_REFUSALS = {errno.ENOSPC: 'no space is left on the device', errno.EDQUOT: 'the disk quota is '
+             'used up', errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission '
+             'is denied', errno.EPERM: 'the operation is not permitted'}
+_REFUSAL_TEXTS = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
+                  'Read-only file system': errno.EROFS, 'Permission denied': errno.EACCES,
+                  'PERMISSION_DENIED': errno.EACCES}
+
+
+def refused_write(error: BaseException) -> str | None:
+  """What the storage said when it refused a write (full, read-only, ...), or None."""
+  for cause in (error, error.__cause__, error.__context__):
+    if isinstance(cause, OSError) and cause.errno in _REFUSALS:
+      return _REFUSALS[cause.errno]
+    for text, code in _REFUSAL_TEXTS.items():
+      if cause is not None and text in str(cause):
+        return _REFUSALS[code]
+  return None
+
+
+def checkpoint_bytes(state) -> int:
+  """The bytes one checkpoint of `state` holds: its parameters and optimiser state."""
+  return sum(int(np.prod(x.shape)) * np.dtype(x.dtype).itemsize
+             for x in jax.tree.leaves(_arrays(state)))
+
+
+def free_bytes(directory) -> int | None:
+  """Free bytes where `directory` is, on a local disk; None where that cannot be known."""
+  if '://' in str(directory):
+    return None
+  path = epath.Path(directory)
+  while not path.exists() and path != path.parent:
+    path = path.parent
+  return shutil.disk_usage(str(path)).free
+
+
+def is_damage(error: BaseException) -> bool:
+  """Whether `error` says the checkpoint's files are missing, truncated or corrupt."""
+  if isinstance(error, (FileNotFoundError, json.JSONDecodeError)):
+    return True
+  message = str(error)
+  if isinstance(error, ValueError):
+    return any(code in message for code in _DAMAGE_CODES)
+  return isinstance(error, KeyError) and _MISSING_ITEM in message
 
 
 class Checkpoints:
@@ -38,17 +97,41 @@ class Checkpoints:
     return self._manager.latest_step()
 
   def path(self, step: int) -> str:
-    return os.path.join(self.directory, str(step))
+    return str(epath.Path(self.directory) / str(step))
 
   def save(self, state, loop_state: dict) -> None:
-    """Writes the checkpoint of `state.step`, unless it is the one written last."""
+    """Writes the checkpoint of `state.step`, unless it is the one written last.
+
+    Raises StorageError if the storage refuses the write; the partial
+    checkpoint is removed where it can be (it never counts as one anyway).
+    """
     step = int(jax.device_get(state.step))
     if step == self._last_saved:
       return
-    self._manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(_arrays(state)),
-        loop_state=ocp.args.JsonSave(loop_state)), force=True)
+    try:
+      self._manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(_arrays(state)),
+          loop_state=ocp.args.JsonSave(loop_state)), force=True)
+    except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
+      refusal = refused_write(e)
+      if refusal is None:
+        raise
+      self._remove_partial(step)
+      free = free_bytes(self.directory)
+      raise StorageError(
+          f'The checkpoint of step {step} could not be written to {self.directory}: {refusal} '
+          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). One checkpoint '
+          f'needs about {_gib(checkpoint_bytes(state))}'
+          f'{f", {_gib(free)} are free there" if free is not None else ""}.') from e
     self._last_saved = step
+
+  def _remove_partial(self, step: int) -> None:
+    """Removes what a failed save of `step` left, best effort (Orbax skips it in any case)."""
+    for partial in epath.Path(self.directory).glob(f'{step}.orbax-checkpoint-tmp*'):
+      try:
+        partial.rmtree()
+      except OSError:
+        pass
 
   def all_steps(self) -> list[int]:
     return sorted(self._manager.all_steps())
@@ -58,11 +141,13 @@ class Checkpoints:
     `state` is.
 
     None if there is none. Raises ConfigError if the checkpoints hold another
-    model's parameters.
+    model's parameters, CheckpointError if one cannot be read for a reason other
+    than damage.
     """
     target = jax.tree.map(ocp.utils.to_shape_dtype_struct, _arrays(state))
     steps = sorted(self._manager.all_steps(), reverse=True) if step is None else [step]
     for step in steps:
+      error, restored = None, None
       try:
         saved = self._manager.item_metadata(step)['state']
         _check_same_shapes(saved, target, self.path(step))
@@ -70,24 +155,36 @@ class Checkpoints:
             state=ocp.args.StandardRestore(target), loop_state=ocp.args.JsonRestore()))
       except ConfigError:
         raise
-      except Exception as e:  # pylint: disable=broad-except
-        self._set_aside(step, e)
+      except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
+        error = e
+      verdict = OK if error is None else DAMAGED if is_damage(error) else FAILED
+      verdicts = np.asarray(multihost_utils.process_allgather(np.int32(verdict))).reshape(-1)
+      if (verdicts == FAILED).any():
+        hosts = ', '.join(str(i) for i in np.flatnonzero(verdicts == FAILED))
+        cause = _describe(error) if verdict == FAILED else "the cause is in that host's log"
+        raise CheckpointError(
+            f'Checkpoint {self.path(step)} could not be restored (host {hosts}: {cause}). It '
+            'was left as it is. If the cause has passed (storage, memory), run again; if the '
+            'code or its libraries changed since it was saved, run the versions that wrote '
+            'it, or start a new --workdir.') from error
+      if (verdicts == DAMAGED).any():
+        self._set_aside(step, error)
         continue
       logging.info('Restored the checkpoint of step %d from %s.', step, self.directory)
       self._last_saved = step
       return state.replace(**restored['state']), restored['loop_state']
     return None
 
-  def _set_aside(self, step: int, error: Exception) -> None:
+  def _set_aside(self, step: int, error: Exception | None) -> None:
+    """Renames the damaged checkpoint of `step`, once every host has found it so."""
     path = self.path(step)
+    cause = _describe(error) if error is not None else "damaged, as another host found"
     if self._read_only:
-      raise ConfigError(f'Checkpoint {path} cannot be read ({type(error).__name__}: '
-                        f'{str(error).splitlines()[0] if str(error) else ""}).') from error
-    logging.warning('Checkpoint %s cannot be read (%s: %s); it is renamed %s.unreadable and '
-                    'an older checkpoint is restored instead.', path, type(error).__name__,
-                    str(error).splitlines()[0] if str(error) else '', path)
+      raise ConfigError(f'Checkpoint {path} is damaged ({cause}).') from error
+    logging.warning('Checkpoint %s is damaged (%s); it is renamed %s.unreadable and an older '
+                    'checkpoint is restored instead.', path, cause, path)
     if jax.process_index() == 0:
-      os.replace(path, path + '.unreadable')
+      epath.Path(path).rename(path + '.unreadable')
     multihost_utils.sync_global_devices(f'set aside checkpoint {step}')
     self._manager.reload()
 
@@ -101,8 +198,8 @@ def restore_params(workdir: str, which: str, state):
   if which not in ('latest', 'best') and not which.isdigit():
     raise ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
   step = int(which) if which.isdigit() else None
-  directory = os.path.join(os.path.abspath(workdir), 'best' if which == 'best' else 'checkpoints')
-  checkpoints = Checkpoints(directory, read_only=True) if os.path.isdir(directory) else None
+  directory = workdir_path(workdir) / ('best' if which == 'best' else 'checkpoints')
+  checkpoints = Checkpoints(str(directory), read_only=True) if directory.is_dir() else None
   steps = checkpoints.all_steps() if checkpoints else []
   if not steps or (step is not None and step not in steps):
     raise ConfigError(
@@ -111,6 +208,22 @@ def restore_params(workdir: str, which: str, state):
   restored, _ = checkpoints.restore(state, step)
   checkpoints.close()
   return restored.params, int(jax.device_get(restored.step))
+
+
+def _gib(size: int) -> str:
+  return f'{size / 2**30:.2f} GiB'
+
+
+def workdir_path(workdir: str) -> epath.Path:
+  """The workdir as a path Orbax takes: absolute on local disks, as it is on gs:// and the
+  like."""
+  path = epath.Path(workdir)
+  return path if '://' in workdir else epath.Path(path.expanduser().absolute())
+
+
+def _describe(error: BaseException) -> str:
+  first_line = str(error).splitlines()[0] if str(error) else ''
+  return f'{type(error).__name__}: {first_line}'
 
 
 def _arrays(state) -> dict:

@@ -1,14 +1,18 @@
-"""The training set's mean pixel and RGB principal components, for mean subtraction and the
-paper's PCA colour augmentation (section 4.1).
+"""The training set's mean pixel, mean image and RGB principal components, for mean
+subtraction and the paper's PCA colour augmentation (section 4.1).
 
   python -m alexnet_jax.color_stats --config=configs/alexnet.py --workdir=/ckpt [--images=N]
 
-computes them over N training images (all pixels of their training patches)
-and stores them with the run in WORKDIR/color_stats.json. A run with
-`--config.color_stats=computed` on that workdir then subtracts that mean and
-draws its colour shifts along those components, on every restart too.
+computes them over N training images as the trainer reads them (the stored
+S x S squares, before any patch is cut) and stores them with the run:
+WORKDIR/color_stats.json (mean pixel, eigenvalues, eigenvectors) and
+WORKDIR/mean_image.npy (the paper's mean image, [S, S, 3]). A run with
+`--config.color_stats=computed` on that workdir then draws its colour shifts
+along those components and subtracts that mean pixel, or with
+`--config.subtract_mean=image` the mean image, on every restart too.
 """
 
+import io
 import json
 import os
 import sys
@@ -18,24 +22,33 @@ from absl import app, flags, logging
 from etils import epath
 from ml_collections import config_flags
 
-from alexnet_jax import input_pipeline
-from alexnet_jax.errors import ConfigError, UserFacingError
+from alexnet_jax import checkpointing, data, parallel
+from alexnet_jax.data import augment
+from alexnet_jax.errors import ConfigError, StorageError, UserFacingError
 
 FILENAME = 'color_stats.json'
+MEAN_IMAGE = 'mean_image.npy'
 
 
 def compute(config, max_images: int) -> dict:
-  """Mean RGB and the eigenvalues and eigenvectors (columns) of the RGB covariance."""
-  data = input_pipeline.create(config, config.global_batch_size)
+  """Mean RGB, the eigenvalues and eigenvectors (columns) of the RGB covariance, and the
+  mean image."""
+  parallel.one_host_only('python -m alexnet_jax.color_stats')
+  dataset = data.create(config, config.global_batch_size)
   count, total, outer, images = 0, np.zeros(3), np.zeros((3, 3)), 0
-  for batch in data.train_batches(0):
-    pixels = batch['image'][:max_images - images].reshape(-1, 3).astype(np.float64)
+  image_sum = np.zeros((dataset.image_size, dataset.image_size, 3))
+  batches = dataset.train_batches(0)
+  for batch in batches:
+    taken = batch['image'][:max_images - images].astype(np.float64)
+    pixels = taken.reshape(-1, 3)
     count += len(pixels)
     total += pixels.sum(0)
     outer += pixels.T @ pixels
-    images += len(batch['image'][:max_images - images])
-    if images >= max_images or images >= data.train_examples:
+    image_sum += taken.sum(0)
+    images += len(taken)
+    if images >= min(max_images, dataset.train_examples):
       break
+  batches.close()
   mean = total / count
   covariance = outer / count - np.outer(mean, mean)
   eigval, eigvec = np.linalg.eigh(covariance)
@@ -44,22 +57,53 @@ def compute(config, max_images: int) -> dict:
   # P (alpha * eigval) comes out in 0-255 pixel units (the convention of config.pca_eigval).
   eigval = eigval[order] / 255.0
   return {'mean_rgb': mean.tolist(), 'pca_eigval': eigval.tolist(),
-          'pca_eigvec': eigvec[:, order].tolist(), 'images': images}
+          'pca_eigvec': eigvec[:, order].tolist(), 'images': images,
+          'mean_image': (image_sum / images).astype(np.float32)}
 
 
 def save(stats: dict, workdir: str) -> str:
-  path = epath.Path(workdir) / FILENAME
-  path.parent.mkdir(parents=True, exist_ok=True)
-  path.write_text(json.dumps(stats, indent=2))
-  return str(path)
+  """Writes the statistics to the workdir; the path of the JSON file."""
+  folder = epath.Path(workdir)
+  folder.mkdir(parents=True, exist_ok=True)
+  buffer = io.BytesIO()
+  np.save(buffer, stats['mean_image'])
+  # The mean image first: a run that finds the JSON file finds everything.
+  _write_whole(folder / MEAN_IMAGE, buffer.getvalue())
+  summary = {k: v for k, v in stats.items() if k != 'mean_image'}
+  _write_whole(folder / FILENAME, json.dumps(summary, indent=2).encode())
+  return str(folder / FILENAME)
 
 
-def resolve(config, workdir: str):
-  """`config` itself, or with `color_stats=computed` a copy using WORKDIR's statistics."""
+def _write_whole(path: epath.Path, contents: bytes) -> None:
+  """Writes `path` whole or not at all: to a temporary name, renamed when complete."""
+  temporary = path.parent / (path.name + '.tmp')
+  try:
+    temporary.write_bytes(contents)
+    temporary.rename(path)
+  except OSError as e:
+    refusal = checkpointing.refused_write(e)
+    if refusal is None:
+      raise
+    raise StorageError(f'{path} could not be written: {refusal} ({e}). Free space there or '
+                       'use another --workdir, and run the command again.') from e
+
+
+def augmentation(config, workdir: str) -> augment.Augmentation:
+  """The run's device augmentation: the config's colour statistics, or with
+  `color_stats=computed` those stored in `workdir`."""
+  if config.color_stats not in ('config', 'computed'):
+    raise ConfigError(f"--config.color_stats={config.color_stats!r}: use 'config' or "
+                      "'computed'.")
+  if config.subtract_mean not in ('pixel', 'image'):
+    raise ConfigError(f"--config.subtract_mean={config.subtract_mean!r}: use 'pixel' or "
+                      "'image'.")
   if config.color_stats == 'config':
-    return config
-  if config.color_stats != 'computed':
-    raise ConfigError(f"--config.color_stats={config.color_stats!r}: use 'config' or 'computed'.")
+    if config.subtract_mean == 'image':
+      raise ConfigError('--config.subtract_mean=image needs the mean image of the training '
+                        'set: compute it once with\n'
+                        f'  python -m alexnet_jax.color_stats --config=<the same config> '
+                        f'--workdir={workdir}\nand train with --config.color_stats=computed.')
+    return augment.from_config(config)
   path = epath.Path(workdir) / FILENAME
   if not path.exists():
     raise ConfigError(
@@ -71,9 +115,18 @@ def resolve(config, workdir: str):
     resolved.mean_rgb = tuple(stats['mean_rgb'])
     resolved.pca_eigval = tuple(stats['pca_eigval'])
     resolved.pca_eigvec = tuple(tuple(row) for row in stats['pca_eigvec'])
-  logging.info('Mean %s and PCA of %d training images from %s.',
-               np.round(stats['mean_rgb'], 2).tolist(), stats['images'], path)
-  return resolved
+  mean_image = None
+  if config.subtract_mean == 'image':
+    mean_image = np.load(io.BytesIO((epath.Path(workdir) / MEAN_IMAGE).read_bytes()))
+    if mean_image.shape != (config.resize_size, config.resize_size, 3):
+      raise ConfigError(f'The mean image in {workdir} is {mean_image.shape[0]}x'
+                        f'{mean_image.shape[1]}, the stored images {config.resize_size}x'
+                        f'{config.resize_size}: compute the statistics again.')
+  logging.info('Mean %s%s and PCA of %d training images from %s.',
+               np.round(stats['mean_rgb'], 2).tolist(),
+               ' (subtracting the mean image)' if mean_image is not None else '',
+               stats['images'], path)
+  return augment.from_config(resolved, mean_image)
 
 
 def main(argv):
@@ -83,9 +136,10 @@ def main(argv):
     stats = compute(config, flags.FLAGS.images)
   except UserFacingError as e:
     sys.exit(f'error: {e}')
-  print(json.dumps(stats, indent=2))
+  print(json.dumps({k: v for k, v in stats.items() if k != 'mean_image'}, indent=2))
   print(f'Written to {save(stats, workdir)}; train with --config.color_stats=computed '
-        f'--workdir={os.path.normpath(workdir)} to use them.')
+        f'--workdir={os.path.normpath(workdir)} to use them (and --config.subtract_mean=image '
+        'for the mean image).')
 
 
 if __name__ == '__main__':

@@ -2,7 +2,10 @@
 
 import uuid
 
+import jax
+import numpy as np
 from etils import epath
+from jax.experimental import multihost_utils
 
 from alexnet_jax import models
 from alexnet_jax.errors import ConfigError
@@ -29,14 +32,30 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
        f'{models.INITIALIZATIONS}.')
   need(config.dtype in DTYPES, f'dtype={config.dtype!r} is unknown: choose one of {DTYPES}.')
   for field in ('global_batch_size', 'image_size', 'resize_size', 'log_every_steps',
-                'checkpoint_every_steps', 'keep_checkpoints', 'shuffle_buffer'):
+                'checkpoint_every_steps', 'keep_checkpoints'):
     need(config[field] > 0, f'{field}={config[field]} must be a positive number.')
   need(config.width > 0, f'width={config.width} must be positive (1.0 is the paper\'s size).')
+  need(config.data_workers >= -1,
+       f'data_workers={config.data_workers}: use -1 (picked for the host), 0 (decode in the '
+       'trainer\'s process) or a number of processes.')
+  need(config.data_threads == -1 or config.data_threads > 0,
+       f'data_threads={config.data_threads}: use -1 (picked for the host) or a number.')
   need(0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).')
+  need(config.checkpoint_every_minutes >= 0,
+       f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.')
   need(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
+  if config.image_size > 0:
+    sizes = models.map_sizes(config.image_size)
+    vanished = next((layer for layer, side in sizes if side < 1), None)
+    need(vanished is None,
+         f'image_size={config.image_size} is too small: the maps vanish at {vanished}. '
+         f'AlexNet\'s geometry needs patches of at least {models.smallest_image_size()}x'
+         f'{models.smallest_image_size()}. Smaller images are upsampled when they are read: '
+         f'e.g. --config.resize_size=72 --config.image_size=64 for 32x32 images (a store '
+         'prepared with --size=72).')
   need(config.resize_size >= config.image_size,
        f'resize_size={config.resize_size} is smaller than image_size={config.image_size}: '
-       'crops are taken inside the resized image.')
+       'patches are cut from the stored square of resize_size.')
   need(config.num_train_steps > 0 or config.num_epochs > 0,
        'set num_epochs or num_train_steps to a positive number.')
   need(config.eval_every_steps > 0 or config.eval_every_epochs > 0,
@@ -91,3 +110,32 @@ def check_workdir(workdir: str) -> None:
   except Exception as e:  # pylint: disable=broad-except
     raise ConfigError(f'--workdir={workdir} cannot be written ({type(e).__name__}: {e}): '
                       'choose a folder this user may write to.') from e
+
+
+def check_workdir_shared(workdir: str) -> None:
+  """On several hosts: raises ConfigError unless every host sees what process 0 writes in
+  `workdir`. A host-local folder would let each host resume from its own checkpoints, at
+  different steps, and the job would hang."""
+  if jax.process_count() == 1:
+    return
+  token = uuid.uuid4().hex
+  token = bytes(multihost_utils.broadcast_one_to_all(
+      np.frombuffer(token.encode(), np.uint8))).decode()
+  path = epath.Path(workdir) / f'.shared_check_{token}'
+  if jax.process_index() == 0:
+    path.write_text(token)
+  multihost_utils.sync_global_devices('workdir check written')
+  try:
+    seen = path.exists() and path.read_text() == token
+  except OSError:
+    seen = False
+  seen_by = np.asarray(multihost_utils.process_allgather(np.bool_(seen))).reshape(-1)
+  multihost_utils.sync_global_devices('workdir check read')
+  if jax.process_index() == 0:
+    path.unlink()
+  if not seen_by.all():
+    blind = ', '.join(str(i) for i in np.flatnonzero(~seen_by))
+    raise ConfigError(
+        f'--workdir={workdir} is not shared by all hosts: process {blind} cannot see the file '
+        'process 0 wrote there (a folder on each host\'s own disk?). Use a workdir every host '
+        'reads and writes: a shared filesystem, or gs://BUCKET/...')

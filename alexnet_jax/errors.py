@@ -15,3 +15,11 @@ class DataError(UserFacingError):
 
 class DivergenceError(UserFacingError):
   """The loss or a gradient stopped being finite."""
+
+
+class CheckpointError(UserFacingError):
+  """A checkpoint could not be read or written for a reason other than damage to it."""
+
+
+class StorageError(UserFacingError):
+  """The workdir's storage refused a write: full, read-only, or no permission."""

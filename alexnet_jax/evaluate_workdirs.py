@@ -17,33 +17,36 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from alexnet_jax import (checkpointing, color_stats, config_checks, errors, evaluate,
-                         input_pipeline, parallel, train)
+import numpy as np
+
+from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
+                         parallel, train)
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
+  parallel.one_host_only('python -m alexnet_jax.evaluate_workdirs')
   config_checks.check(config, jax.device_count(), jax.local_device_count())
   mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
-  # The mean pixel each workdir was trained with (its own, with color_stats=computed).
-  resolved = [color_stats.resolve(config, workdir) for workdir in workdirs]
-  if any(tuple(r.mean_rgb) != tuple(resolved[0].mean_rgb) for r in resolved):
-    raise errors.ConfigError('These workdirs were trained with different mean pixels '
+  # The mean each workdir was trained with (its own, with color_stats=computed).
+  augs = [color_stats.augmentation(config, workdir) for workdir in workdirs]
+  if any(not np.array_equal(a.mean, augs[0].mean) for a in augs):
+    raise errors.ConfigError('These workdirs were trained with different means '
                              '(color_stats=computed): evaluate them one at a time.')
-  config = resolved[0]
-  data = input_pipeline.create(config, config.global_batch_size)
-  config_checks.check_classes(config, data.num_classes)
-  model = train.create_model(config, data.num_classes)
+  dataset = data.create(config, config.global_batch_size)
+  config_checks.check_classes(config, dataset.num_classes)
+  model = train.create_model(config, dataset.num_classes)
   batch_spec = parallel.batch_spec(model, mesh)
   template = train.create_train_state(config, model, mesh)
-  eval_step = parallel.make_eval_step(model, config.mean_rgb, config.std_rgb, mesh)
+  eval_step = parallel.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
   members, results = [], {}
   for workdir in workdirs:
     params, step = checkpointing.restore_params(workdir, which, template)
     members.append(params)
-    results[workdir] = {**evaluate.evaluate(eval_step, [params], data, mesh, batch_spec), 'step': step}
+    results[workdir] = {**evaluate.evaluate(eval_step, [params], dataset, mesh, batch_spec),
+                        'step': step}
     logging.info('%s (step %d): %s', workdir, step, results[workdir])
   if len(members) > 1:
-    results['ensemble'] = evaluate.evaluate(eval_step, members, data, mesh, batch_spec)
+    results['ensemble'] = evaluate.evaluate(eval_step, members, dataset, mesh, batch_spec)
   return results
 
 

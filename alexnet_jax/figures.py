@@ -24,7 +24,8 @@ from absl import app, flags
 from clu import metric_writers
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing, color_stats, errors, input_pipeline, parallel, train
+from alexnet_jax import checkpointing, color_stats, data, errors, parallel, train
+from alexnet_jax.data import augment
 
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -48,13 +49,13 @@ def nearest(queries: np.ndarray, pool: np.ndarray, k: int) -> np.ndarray:
   return np.argsort(distances, axis=1, kind='stable')[:, :k]
 
 
-def _forward(model, mean, std):
-  """A compiled (params, uint8 images [n, S, S, 3]) -> (fc7's activations after its ReLU,
-  the softmax)."""
+def _forward(model, aug: augment.Augmentation):
+  """A compiled (params, stored uint8 images [n, S, S, 3]) -> (fc7's activations after its
+  ReLU, the softmax), of the centre patch of each."""
 
   @jax.jit
   def forward(params, images):
-    x = parallel.normalize_images({'image': images}, mean, std)
+    x = augment.eval_images(aug, images, ten_patches=False)
     logits, state = model.apply({'params': params}, x, train=False,
                                 capture_intermediates=lambda m, _: m.name == 'fc7')
     return jax.nn.relu(state['intermediates']['fc7']['__call__'][0]), jax.nn.softmax(logits)
@@ -100,15 +101,16 @@ def _canvas(fig) -> np.ndarray:
 def make_figures(config, workdir: str, which: str, out: str, num_images: int,
                  pool_size: int) -> dict[str, str]:
   """Writes the three PNG files to `out` and their images to TensorBoard; {name: path}."""
+  parallel.one_host_only('python -m alexnet_jax.figures')
   mesh = parallel.make_mesh()
-  config = color_stats.resolve(config, workdir)
-  data = input_pipeline.create(config, config.global_batch_size)
-  model = train.create_model(config, data.num_classes)
+  aug = color_stats.augmentation(config, workdir)
+  dataset = data.create(config, config.global_batch_size)
+  model = train.create_model(config, dataset.num_classes)
   template = train.create_train_state(config, model, mesh)
   params, step = checkpointing.restore_params(workdir, which, template)
   params = jax.device_get(params)
-  names = list(data.class_names) or [f'class {i}' for i in range(data.num_classes)]
-  forward = _forward(model, config.mean_rgb, config.std_rgb)
+  names = list(dataset.class_names) or [f'class {i}' for i in range(dataset.num_classes)]
+  forward = _forward(model, aug)
   os.makedirs(out, exist_ok=True)
   figures = {}
 
@@ -119,7 +121,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   plt.title(f'conv1: {kernel.shape[-1]} kernels of {kernel.shape[0]}x{kernel.shape[1]}x3')
   figures['conv1_kernels'] = fig
 
-  val_images, val_labels = _one_per_class(data.eval_batches(), num_images)
+  val_images, val_labels = _one_per_class(dataset.eval_batches(), num_images)
   val_features, val_probs = forward(params, val_images)
   fig, axes = plt.subplots(2, len(val_images), figsize=(2.2 * len(val_images), 4.6),
                            squeeze=False)
@@ -136,7 +138,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   fig.tight_layout()
   figures['top5'] = fig
 
-  pool_images, _ = _take(data.train_batches(0), pool_size)
+  pool_images, _ = _take(dataset.train_batches(0), pool_size)
   pool_features = np.concatenate([
       forward(params, pool_images[i:i + 256])[0]
       for i in range(0, len(pool_images), 256)])

@@ -147,6 +147,30 @@ VARIANTS = {
 # (kernel size, stride, padding) of conv1..conv5; padding 2 on conv1 turns 224 into 55.
 _CONV_GEOMETRY = ((11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1))
 _POOL_AFTER = (0, 1, 4)          # overlapping 3x3 / stride-2 max pooling after conv1, conv2, conv5
+_POOL_WINDOW, _POOL_STRIDE = 3, 2
+
+
+def map_sizes(image_size: int) -> list[tuple[str, int]]:
+  """(layer, side of its output maps) for an `image_size` input, as the geometry above makes
+  them; a side of 0 or less means the maps vanished there."""
+  sizes, side = [], image_size
+  for i, (kernel, stride, padding) in enumerate(_CONV_GEOMETRY):
+    side = (side + 2 * padding - kernel) // stride + 1 if side + 2 * padding >= kernel else 0
+    sizes.append((f'conv{i + 1}', side))
+    if i in _POOL_AFTER:
+      side = (side - _POOL_WINDOW) // _POOL_STRIDE + 1 if side >= _POOL_WINDOW else 0
+      sizes.append((f'pool after conv{i + 1}', side))
+  return sizes
+
+
+def smallest_image_size() -> int:
+  """The smallest input whose maps last to fc6 (63: conv5's pooled maps are then 1x1)."""
+  size = 1
+  while min(side for _, side in map_sizes(size)) < 1:
+    size += 1
+  return size
+
+
 # The layers whose biases the paper sets to 1 (section 5); the others start at 0.
 _PAPER_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 # How a layer's kernel and bias start (`AlexNet.initialization`):

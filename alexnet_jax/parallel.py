@@ -13,11 +13,13 @@ split layers.
 import collections
 import functools
 import itertools
+import logging
 import os
 from typing import Callable, Iterable, Iterator
 
 import jax
 from jax import lax
+from jax._src import cloud_tpu_init   # JAX's own verdict on whether this is a Cloud TPU VM
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -25,15 +27,23 @@ from flax.training import train_state
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from alexnet_jax import model_parallel
+from alexnet_jax.data import augment
+from alexnet_jax.errors import ConfigError
 from alexnet_jax.model_parallel import BATCH_AXIS, MODEL_AXIS
 
 # Environment variables that mean this process is one of several that
 # `jax.distributed.initialize()` can join without arguments.
 _CLUSTER_HINTS = ('JAX_COORDINATOR_ADDRESS', 'SLURM_STEP_NUM_TASKS', 'OMPI_COMM_WORLD_SIZE',
                   'TPU_WORKER_HOSTNAMES')
+# What jax.distributed.initialize() says when it finds no cluster to join.
+_NO_COORDINATOR = 'coordinator_address should be defined'
 
 
 def _in_cluster() -> bool:
+  """Whether JAX can find peers to join: a Cloud TPU VM (whose slice may span hosts, found
+  through its metadata server), or a job scheduler's environment."""
+  if cloud_tpu_init.running_in_cloud_tpu_vm:
+    return True
   for name in _CLUSTER_HINTS:
     value = os.environ.get(name, '')
     if name == 'TPU_WORKER_HOSTNAMES':
@@ -51,15 +61,42 @@ def initialize_distributed(coordinator_address: str | None = None,
   """Joins the other hosts of a multi-host job; a no-op on a single host.
 
   With an explicit coordinator address the job is joined as told; otherwise
-  JAX finds its peers from the environment (TPU pods, SLURM, Open MPI). A
-  host silent for `heartbeat_timeout_seconds` makes the others stop with an
-  error instead of waiting for it forever.
+  JAX finds its peers from the environment (Cloud TPU VMs and GKE, SLURM, Open
+  MPI), as JAX's docs do it on Cloud TPU: a TPU VM that is a slice of its own
+  finds no coordinator, and trains as one host. A host silent for
+  `heartbeat_timeout_seconds` makes the others stop with an error instead of
+  waiting for it forever.
+
+  Several processes without JAX's distributed client (a TPU pod's runtime
+  finds its hosts without it) are refused: without the client there is no
+  preemption sync point, and a preemption would kill every host unsaved.
   """
   if coordinator_address:
     jax.distributed.initialize(coordinator_address, num_processes, process_id,
                                heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   elif _in_cluster():
-    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+    try:
+      jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
+    except ValueError as e:
+      if _NO_COORDINATOR not in str(e):
+        raise
+      logging.info('No multi-host job found to join (%s): training as one host.', e)
+  if jax.process_count() > 1 and not jax.distributed.is_initialized():
+    raise ConfigError(
+        f'This is process {jax.process_index()} of {jax.process_count()}, but JAX\'s '
+        'distributed client did not start, and without it a preemption would stop every '
+        'host with nothing saved. Start each process with --coordinator_address=HOST:PORT '
+        '--num_processes=N --process_id=I (HOST: process 0\'s), or set '
+        'JAX_COORDINATOR_ADDRESS.')
+
+
+def one_host_only(command: str) -> None:
+  """Refuses to run `command`, which reads a workdir on one host, as one of several processes."""
+  if jax.process_count() > 1:
+    raise ConfigError(
+        f'{command} runs on one host, and this is process {jax.process_index()} of '
+        f'{jax.process_count()}. Run it on a single host that can read the workdir (a '
+        'single-host VM, or this one with JAX_PLATFORMS=cpu), once.')
 
 
 def make_mesh(devices=None, model_axis_size: int = 1) -> Mesh:
@@ -119,36 +156,44 @@ def prefetch_to_mesh(batches: Iterable[dict], mesh: Mesh, spec: P = P(BATCH_AXIS
       queue.append(shard_batch(batch, mesh, spec))
 
 
-def normalize_images(batch: dict, mean_rgb, std_rgb) -> jax.Array:
-  """uint8 images -> (image + PCA colour shift - mean) / std, in float32.
-
-  Done on the device so that only bytes cross from host to device.
-  """
-  images = batch['image'].astype(jnp.float32)
-  if 'rgb_shift' in batch:
-    images = images + batch['rgb_shift'][:, None, None, :]
-  return (images - jnp.asarray(mean_rgb, jnp.float32)) / jnp.asarray(std_rgb, jnp.float32)
-
-
 def _top_k_correct(logits, labels, k: int):
   top_k = lax.top_k(logits, min(k, logits.shape[-1]))[1]
   return jnp.any(top_k == labels[:, None], axis=-1)
 
 
-def make_train_step(model, mean_rgb, std_rgb, seed: int, mesh: Mesh) -> Callable:
+def _global_rows(model, model_axis_size: int, per_device: int):
+  """The rows of the global batch this device holds (the same on the devices of a `model`
+  group that share their examples)."""
+  axes = (BATCH_AXIS, MODEL_AXIS) if model_parallel.examples_split_over_model(
+      model.variant, model_axis_size) else BATCH_AXIS
+  return lax.axis_index(axes) * per_device + jnp.arange(per_device)
+
+
+def step_seeds(seed: int) -> tuple[int, int]:
+  """The seeds of dropout and of the augmentation, both derived from `config.seed`."""
+  dropout_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
+  return int(dropout_seed), int(augment_seed)
+
+
+def make_train_step(model, aug: augment.Augmentation, seed: int, mesh: Mesh) -> Callable:
   """(state, batch) -> (state, metrics), compiled once, the state's buffers donated.
 
-  Dropout keys derive from (seed, step, device index): a pure function of the
-  step, so a resumed run draws the same masks it would have drawn.
+  The batch holds the stored uint8 images; the step cuts the paper's patches
+  from them (`augment.py`). Augmentation keys derive from (seed, step, row of
+  the global batch), dropout keys from (seed, step, device index): pure
+  functions of the step, so a resumed run draws what it would have drawn.
   """
   model_axis_size = mesh.shape[MODEL_AXIS]
   device_model = model_parallel.per_device_model(model, model_axis_size)
   layers = _split_layers(model, mesh)
+  dropout_seed, augment_seed = step_seeds(seed)
 
   def per_device(state, batch, param_specs):
-    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), state.step),
+    rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(dropout_seed), state.step),
                              lax.axis_index((BATCH_AXIS, MODEL_AXIS)))
-    images = normalize_images(batch, mean_rgb, std_rgb)
+    rows = _global_rows(model, model_axis_size, batch['image'].shape[0])
+    images = augment.train_images(aug, batch['image'],
+                                  augment.example_keys(augment_seed, state.step, rows))
     labels = batch['label']
     if model_parallel.examples_split_over_model(model.variant, model_axis_size):
       labels = lax.all_gather(labels, MODEL_AXIS, tiled=True)  # as the logits are gathered
@@ -208,12 +253,13 @@ def _global_norm(grads, param_specs):
   return jnp.sqrt(total)
 
 
-def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
+def make_eval_step(model, aug: augment.Augmentation, mesh: Mesh,
+                   ten_patches: bool = False) -> Callable:
   """(params_list, batch) -> summed counts over the global batch.
 
-  `params_list` holds one model's parameters, or several for an ensemble. An
-  image may come as several patches ([B, crops, S, S, 3], the paper's 10-crop
-  test); the softmax is averaged over patches and models, as in the paper.
+  `params_list` holds one model's parameters, or several for an ensemble. Each
+  stored image gives its centre patch, or with `ten_patches` the paper's ten
+  patches; the softmax is averaged over patches and models, as in the paper.
   Padding (mask 0) counts nowhere.
   """
   model_axis_size = mesh.shape[MODEL_AXIS]
@@ -221,7 +267,7 @@ def make_eval_step(model, mean_rgb, std_rgb, mesh: Mesh) -> Callable:
   layers = _split_layers(model, mesh)
 
   def per_device(params_list, batch):
-    images = normalize_images(batch, mean_rgb, std_rgb)
+    images = augment.eval_images(aug, batch['image'], ten_patches)
     labels, mask = batch['label'], batch['mask']
     if model_parallel.examples_split_over_model(model.variant, model_axis_size):
       labels, mask = (lax.all_gather(x, MODEL_AXIS, tiled=True) for x in (labels, mask))

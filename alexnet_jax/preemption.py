@@ -8,16 +8,20 @@ from jax.experimental import multihost_utils
 
 
 class PreemptionWatch:
-  """Tells the loop when to save and stop.
+  """Tells the loop when to save and stop: asked after every train step and every
+  evaluation batch.
 
   On one host, SIGTERM or a first Ctrl-C sets a flag (a second Ctrl-C stops at
   once). On several hosts a signal reaches one host only, so JAX's own SIGTERM
-  notifier and `reached_preemption_sync_point` decide: every host stops after
-  the same step.
+  notifier and `reached_preemption_sync_point` decide: every host stops at the
+  same point. That point is counted in calls, not in steps: every host asks
+  after the same train steps and the same evaluation batches, so the count
+  rises in step on all of them, as JAX's sync point requires.
   """
 
   def __init__(self):
     self._requested = False
+    self._calls = 0
     self._previous = {}
     self._multihost = jax.process_count() > 1
     if not self._multihost:
@@ -31,9 +35,10 @@ class PreemptionWatch:
                     signal.Signals(signum).name)
     self._requested = True
 
-  def should_stop(self, step: int) -> bool:
+  def should_stop(self) -> bool:
+    self._calls += 1
     if self._multihost:
-      return multihost_utils.reached_preemption_sync_point(step)
+      return multihost_utils.reached_preemption_sync_point(self._calls)
     return self._requested
 
   def close(self) -> None:

@@ -2,7 +2,6 @@
 
 import logging
 import math
-import os
 import time
 
 import jax
@@ -10,9 +9,10 @@ import jax.numpy as jnp
 import numpy as np
 from clu import metric_writers, parameter_overview, periodic_actions
 from flax.training import train_state
+from jax.experimental import multihost_utils
 
-from alexnet_jax import (checkpointing, color_stats, config_checks, errors, evaluate,
-                         input_pipeline, models, optim, parallel)
+from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
+                         models, optim, parallel, platform)
 from alexnet_jax import preemption as preemption_lib
 
 
@@ -41,33 +41,40 @@ def train_and_evaluate(config, workdir: str) -> dict:
   config_checks.check(config, jax.device_count(), jax.local_device_count())
   mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   config_checks.check_workdir(workdir)
-  config = color_stats.resolve(config, workdir)
-  data = input_pipeline.create(config, config.global_batch_size)
-  steps_per_epoch = data.train_examples // config.global_batch_size
+  config_checks.check_workdir_shared(workdir)
+  aug = color_stats.augmentation(config, workdir)
+  dataset = data.create(config, config.global_batch_size, jax.process_index(),
+                        jax.process_count())
+  steps_per_epoch = dataset.steps_per_epoch
   num_steps = _steps(config.num_train_steps, config.num_epochs, steps_per_epoch)
   eval_every = _steps(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
-  config_checks.check_classes(config, data.num_classes)
-  logging.info('%d devices on %d hosts, a mesh of %s; %d train examples, %d steps per epoch, '
-               '%d steps; %d validation examples.', mesh.size, jax.process_count(),
-               dict(mesh.shape), data.train_examples, steps_per_epoch, num_steps,
-               data.eval_examples)
+  config_checks.check_classes(config, dataset.num_classes)
+  platform.check_backend(dataset.train_examples, config.allow_cpu)
+  logging.info('Training on %s; a mesh of %s; %d train examples, %d steps per epoch, %d steps; '
+               '%d validation examples.', platform.describe(), dict(mesh.shape),
+               dataset.train_examples, steps_per_epoch, num_steps, dataset.eval_examples)
 
-  model = create_model(config, data.num_classes)
+  model = create_model(config, dataset.num_classes)
   batch_spec = parallel.batch_spec(model, mesh)
   state = create_train_state(config, model, mesh)
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
-  root = workdir if '://' in workdir else os.path.abspath(workdir)  # gs://... stays as it is
-  checkpoints = checkpointing.Checkpoints(os.path.join(root, 'checkpoints'),
+  root = checkpointing.workdir_path(workdir)
+  checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'),
                                           keep=config.keep_checkpoints)
-  best = (checkpointing.Checkpoints(os.path.join(root, 'best'), keep=1)
+  best = (checkpointing.Checkpoints(str(root / 'best'), keep=1)
           if config.keep_best_checkpoint else None)
   best_error = None   # the lowest validation top-1 error so far
-  restored = checkpoints.restore(state)
+  pending_eval = False   # stopped during the evaluation of the step it saved
+  restored = _restore_newest(checkpoints, best, state)
   if restored is not None:
-    state, loop_state = restored
-    plateau.load_state_dict(loop_state['plateau'])
-    best_error = loop_state.get('best_top1_error')
+    state, saved_loop_state = restored
+    plateau.load_state_dict(saved_loop_state['plateau'])
+    # A checkpoint of best/ holds its own evaluation, the best so far.
+    best_error = saved_loop_state.get('best_top1_error',
+                                      saved_loop_state.get('eval', {}).get('top1_error'))
+    pending_eval = saved_loop_state.get('pending_eval', False)
   start_step = int(jax.device_get(state.step))
+  _check_space(root, state, config.keep_checkpoints + 2)
 
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   if start_step == 0:
@@ -76,9 +83,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   logging.info('%s AlexNet, %s parameters; training from step %d to %d.', config.model,
                f'{models.count_params(state.params):,}', start_step, num_steps)
 
-  train_step = parallel.make_train_step(model, config.mean_rgb, config.std_rgb,
-                                          config.seed, mesh)
-  eval_step = parallel.make_eval_step(model, config.mean_rgb, config.std_rgb, mesh)
+  train_step = parallel.make_train_step(model, aug, config.seed, mesh)
+  eval_step = parallel.make_eval_step(model, aug, mesh, config.eval_ten_crop)
   hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
                                            every_steps=config.log_every_steps)]
   if config.profile_steps > 0 and jax.process_index() == 0:
@@ -86,55 +92,148 @@ def train_and_evaluate(config, workdir: str) -> dict:
                                           first_profile=start_step + config.profile_first_step,
                                           logdir=workdir))
 
-  batches = parallel.prefetch_to_mesh(data.train_batches(start_step), mesh, batch_spec)
+  host_batches = dataset.train_batches(start_step)
+  batches = parallel.prefetch_to_mesh(host_batches, mesh, batch_spec)
   metrics_log = _MetricsLog(writer, config.global_batch_size, steps_per_epoch, start_step)
   preemption = preemption_lib.PreemptionWatch()
+  save_clock = _SaveClock(config.checkpoint_every_minutes)
   eval_metrics = {}
+
+  def run_evaluation(step: int) -> bool:
+    """Evaluates the state of `step` and acts on it: summaries, the learning-rate schedule,
+    the best checkpoint. False if a preemption cut the evaluation short."""
+    nonlocal state, best_error, eval_metrics
+    eval_start = time.monotonic()
+    metrics = evaluate.evaluate(eval_step, [state.params], dataset, mesh, batch_spec,
+                                should_stop=preemption.should_stop)
+    metrics_log.exclude(time.monotonic() - eval_start)
+    if metrics is None:
+      return False
+    eval_metrics = metrics
+    writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
+    if plateau.update(metrics['top1_error']):
+      logging.info('Validation top-1 error has not improved for %d evaluations: learning '
+                   'rate divided by %g, now %g.', plateau.patience, 1 / plateau.factor,
+                   plateau.learning_rate)
+      state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
+                                                              plateau.learning_rate))
+    if best_error is None or metrics['top1_error'] < best_error:
+      best_error = metrics['top1_error']
+      if best is not None:
+        best.save(state, {'plateau': plateau.state_dict(), 'eval': metrics})
+        logging.info('Lowest validation top-1 error so far, %.4f: kept in %s.', best_error,
+                     best.path(step))
+    return True
+
+  def save(pending: bool) -> None:
+    checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': best_error,
+                             'pending_eval': pending})
+    save_clock.saved()
+
   try:
+    if pending_eval:
+      logging.info('The run stopped during the evaluation of step %d: evaluating it first.',
+                   start_step)
+      if not run_evaluation(start_step):
+        logging.warning('Stopped again during the evaluation of step %d; checkpoint %s still '
+                        'holds it. Run the same command to resume.', start_step,
+                        checkpoints.path(start_step))
+        return eval_metrics
     for step in range(start_step + 1, num_steps + 1):
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, next(batches))
       metrics_log.add(step, metrics)  # device arrays: no host sync until they are logged
       for hook in hooks:
         hook(step)
-      last, stop = step == num_steps, preemption.should_stop(step)
+      last, stop = step == num_steps, preemption.should_stop()
+      log_now = step % config.log_every_steps == 0
       evaluate_now = step % eval_every == 0 or last
-      save_now = step % config.checkpoint_every_steps == 0 or evaluate_now or stop
-      if step % config.log_every_steps == 0 or save_now:
+      save_now = (step % config.checkpoint_every_steps == 0 or evaluate_now or stop or
+                  (log_now and save_clock.due()))
+      if log_now or save_now:
         # Before anything is saved, every step since the last check must have been finite.
         metrics_log.flush(plateau.learning_rate, checkpoints)
-
-      if evaluate_now:
-        eval_start = time.monotonic()
-        eval_metrics = evaluate.evaluate(eval_step, [state.params], data, mesh, batch_spec)
-        writer.write_scalars(step, {f'eval/{k}': v for k, v in eval_metrics.items()})
-        if plateau.update(eval_metrics['top1_error']):
-          logging.info('Validation top-1 error has not improved for %d evaluations: learning '
-                       'rate divided by %g, now %g.', plateau.patience, 1 / plateau.factor,
-                       plateau.learning_rate)
-          state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
-                                                                  plateau.learning_rate))
-        if best_error is None or eval_metrics['top1_error'] < best_error:
-          best_error = eval_metrics['top1_error']
-          if best is not None:
-            best.save(state, {'plateau': plateau.state_dict(), 'eval': eval_metrics})
-            logging.info('Lowest validation top-1 error so far, %.4f: kept in %s.', best_error,
-                         best.path(step))
-        metrics_log.exclude(time.monotonic() - eval_start)
-
+      # A preemption before or during the evaluation saves first; the resumed run
+      # evaluates this step before it trains on.
+      evaluated = evaluate_now and not stop and run_evaluation(step)
+      stop = stop or (evaluate_now and not evaluated)
       if save_now:
-        checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': best_error})
-      if stop and not last:
-        logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
-                        'resume.', step, checkpoints.path(step))
+        save(pending=evaluate_now and not evaluated)
+      if stop and not (last and evaluated):
+        logging.warning('Stopped at step %d%s; checkpoint %s saved. Run the same command to '
+                        'resume.', step, ' before its evaluation' if evaluate_now and
+                        not evaluated else '', checkpoints.path(step))
         break
+  except errors.StorageError as e:
+    newest = _newest_complete(checkpoints, best)
+    raise errors.StorageError(
+        f'{e} Free space there, lower --config.keep_checkpoints, or pass another --workdir '
+        '(copy the workdir there to keep its checkpoints); then run the same command. It '
+        f'resumes from {newest or "step 0: no checkpoint is complete yet"}.') from e
   finally:
+    host_batches.close()
     preemption.close()
     checkpoints.close()
     if best is not None:
       best.close()
     writer.flush()
   return eval_metrics
+
+
+def _restore_newest(checkpoints, best, state):
+  """(state, loop_state) of the newest complete checkpoint, regular or best/, or None.
+
+  best/ is written before the regular checkpoint of the same step: when a full disk stopped
+  the second, best/ holds the newest state.
+  """
+  regular_step = checkpoints.latest_step()
+  best_step = best.latest_step() if best is not None else None
+  if best_step is not None and (regular_step is None or best_step > regular_step):
+    restored = best.restore(state)
+    if restored is not None:
+      logging.info('Resuming from %s: newer than the newest regular checkpoint (%s).',
+                   best.path(best_step), regular_step)
+      return restored
+  return checkpoints.restore(state)
+
+
+def _newest_complete(checkpoints, best) -> str | None:
+  steps = [(m.latest_step(), m) for m in (checkpoints, best) if m is not None]
+  steps = [(step, m) for step, m in steps if step is not None]
+  if not steps:
+    return None
+  step, manager = max(steps, key=lambda pair: pair[0])
+  return manager.path(step)
+
+
+def _check_space(root, state, checkpoints_needed: int) -> None:
+  """Warns at start-up when the workdir has room for fewer than `checkpoints_needed`."""
+  size, free = checkpointing.checkpoint_bytes(state), checkpointing.free_bytes(root)
+  if free is not None and free < checkpoints_needed * size:
+    logging.warning(
+        'The workdir %s has %.2f GiB free; %d checkpoints of %.2f GiB (keep_checkpoints + 2: '
+        'the kept ones, best/ and one being written) need %.2f GiB. Free space, or lower '
+        '--config.keep_checkpoints, before a save fails.', root, free / 2**30,
+        checkpoints_needed, size / 2**30, checkpoints_needed * size / 2**30)
+
+
+class _SaveClock:
+  """Whether `minutes` have passed since the last save; every host takes process 0's answer,
+  since a save is a step all hosts take together."""
+
+  def __init__(self, minutes: float):
+    self._seconds, self._last = minutes * 60, time.monotonic()
+
+  def saved(self) -> None:
+    self._last = time.monotonic()
+
+  def due(self) -> bool:
+    if self._seconds <= 0:
+      return False
+    due = time.monotonic() - self._last >= self._seconds
+    if jax.process_count() > 1:
+      due = bool(multihost_utils.broadcast_one_to_all(np.bool_(due)))
+    return due
 
 
 class _MetricsLog:

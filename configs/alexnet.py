@@ -30,17 +30,26 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # over that many devices, its convolutions data parallel ("one weird trick").
   config.model_axis_size = 1
 
-  # Data (section 4.1).
-  config.dataset = 'imagenet2012'  # a TFDS image-classification dataset, 'image_folder:ROOT'
-                                   # (ROOT/train/<class>/*, ROOT/val/<class>/*) or 'synthetic'
+  # Data (section 4.1; alexnet_jax/data/__init__.py).
+  # A store prepared by `python -m alexnet_jax.data.prepare` (a name in data_dir, or a path),
+  # 'image_folder:ROOT' (ROOT/train/<class>/*, ROOT/val/<class>/*, read as they are) or
+  # 'synthetic'.
+  config.dataset = 'imagenet2012'
+  config.data_dir = ml_collections.config_dict.placeholder(str)  # None: ~/alexnet_jax_data
   config.imagenet_wnid_labels = False  # image_folder: class folders named by ImageNet wnids
                                        # take their ImageNet-1k index (1000 outputs)
-  config.data_dir = ml_collections.config_dict.placeholder(str)  # TFDS data_dir; None: its default
-  config.train_split = 'train'
+  config.train_split = 'train'     # a split, sliced as in TFDS if need be: 'train[:90%]'
   config.eval_split = 'validation'
-  config.image_size = 224          # the random (train) or centre (eval) patch
-  config.resize_size = 256         # the shorter side is resized to this, then centre-cropped
+  config.resize_size = 256         # the stored square: shorter side to this, centre square
+  config.image_size = 224          # the random (train) or centre (eval) patch of that square
+  # Decoding on this host: processes (0: in the trainer's process) and threads in each;
+  # -1 picks: a process per 8 cores, none below 8 cores, and threads for every core.
+  config.data_workers = -1
+  config.data_threads = -1
   config.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet's mean pixel, subtracted on the device
+  # 'pixel': subtract mean_rgb. 'image': the training set's mean image, as the paper did
+  # (needs color_stats='computed').
+  config.subtract_mean = 'pixel'
   config.std_rgb = (1.0, 1.0, 1.0)  # the paper feeds raw pixel values minus the mean
   config.pca_lighting_std = 0.1    # std of the PCA colour-shift coefficients; 0 turns it off
   # ImageNet's RGB principal components, the values used since fb.resnet.torch (the paper
@@ -53,7 +62,6 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # 'config': mean_rgb and the PCA above; 'computed': those of this training set, from
   # WORKDIR/color_stats.json, written by `python -m alexnet_jax.color_stats`.
   config.color_stats = 'config'
-  config.shuffle_buffer = 16_384   # examples per host
   config.synthetic = ml_collections.ConfigDict(
       dict(num_classes=10, train_examples=12_800, eval_examples=1_000))
 
@@ -74,11 +82,15 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.eval_ten_crop = False     # the paper's 10 patches per image, softmax averaged (10x the work)
   config.log_every_steps = 100
   config.checkpoint_every_steps = 1_000
+  config.checkpoint_every_minutes = 30.0  # also save when this long has passed; 0: off
   config.keep_checkpoints = 3       # the newest ones in WORKDIR/checkpoints
   config.keep_best_checkpoint = True  # also keep the lowest-validation-error one in WORKDIR/best
   config.profile_steps = 0         # positive: trace this many steps for TensorBoard's profiler
   config.profile_first_step = 10   # ... starting this many steps into the run
   config.seed = 0
+  # A CPU-only jaxlib on a host with GPUs or TPUs is refused for a real dataset (README,
+  # "Install"); true trains on the CPU anyway.
+  config.allow_cpu = False
 
   if variant in ('', 'paper'):
     pass
@@ -99,10 +111,12 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
     config.log_every_steps = 20
     config.checkpoint_every_steps = 200
   elif variant == 'imagenette':
-    # Real ImageNet JPEGs, 10 classes, in about 20 minutes on 2 CPU cores: a
-    # half-width single-tower net on 96x96 crops of the shorter side at 110.
+    # Real ImageNet JPEGs, 10 classes, on 2 CPU cores: a half-width single-tower net on
+    # 96x96 patches of 110x110 squares, from the store that
+    #   python -m alexnet_jax.data.prepare --source=image_folder:../shared/data/imagenette --size=110
+    # writes (~/alexnet_jax_data/imagenette_110).
     _one_weird_trick(config)
-    config.dataset = 'image_folder:../shared/data/imagenette'
+    config.dataset = 'imagenette_110'
     config.width = 0.5
     config.image_size = 96
     config.resize_size = 110

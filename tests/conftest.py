@@ -26,19 +26,37 @@ def _check_devices():
 
 
 def tiny_config(variant: str = 'demo'):
-  """A narrow model on 64x64 images: the smallest input AlexNet's geometry takes."""
+  """A narrow model on 64x64 patches of 73x73 images, read in this process."""
   from configs import alexnet
   config = alexnet.get_config(variant)
   config.width = 0.125
   config.image_size = 64
   config.resize_size = 73
   config.global_batch_size = 8
-  config.shuffle_buffer = 16
+  config.data_workers = 0
+  config.data_threads = 2
   config.log_every_steps = 2
   config.checkpoint_every_steps = 2
   config.synthetic.train_examples = 64
   config.synthetic.eval_examples = 13
   return config
+
+
+def write_image_folder(root, classes=('cat', 'dog', 'fox'), train=7, val=3, seed=0):
+  """ROOT/train/<class>/ with `train` JPEGs of assorted sizes each, ROOT/val/<class>/ with `val`;
+  each class a brightness band of its own, so a network can tell them apart."""
+  import numpy as np
+  from PIL import Image
+  rng = np.random.default_rng(seed)
+  for split, count in (('train', train), ('val', val)):
+    for c, name in enumerate(classes):
+      (root / split / name).mkdir(parents=True)
+      for i in range(count):
+        size = (rng.integers(70, 130), rng.integers(70, 130))
+        pixels = rng.integers(0, 256, (*size, 3)) // 4 + 60 * c
+        Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f'{i}.jpg',
+                                                      quality=95)
+  return root
 
 
 def saved_state(workdir, step: int) -> dict:

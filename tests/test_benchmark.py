@@ -1,10 +1,12 @@
-"""The throughput benchmark runs, counts FLOPs right, and needs no TensorFlow."""
+"""The throughput benchmarks run, count FLOPs right, and need no TensorFlow."""
 
 import pathlib
 import subprocess
 import sys
 
 from alexnet_jax import benchmark, models
+from alexnet_jax.data import prepare
+from tests.conftest import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -48,3 +50,27 @@ def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
   rows = [line for line in output.splitlines() if line.startswith('| owt |')]
   assert [row.split(' | ')[3] for row in rows] == ['4']
   assert all(row.split(' | ')[-2:] == ['-', '- |'] for row in rows)   # --no_torch reached them
+
+
+def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
+  """The loop benchmark on a store of a small folder: its four rows, and no TensorFlow,
+  clu or ml_collections imported (GPU hosts have JAX and the loader's wheels only)."""
+  folder = write_image_folder(tmp_path / 'images', train=12)
+  store = tmp_path / 'store'
+  prepare.prepare(f'image_folder:{folder}', str(store),
+                  prepare.Options(size=73, images_per_shard=16, workers=0), progress=False)
+  code = ('import runpy, sys; sys.argv = sys.argv[1:]; '
+          'runpy.run_module("alexnet_jax.benchmark_loop", run_name="__main__"); '
+          'banned = [m for m in ("tensorflow", "clu", "ml_collections") if m in sys.modules]; '
+          'assert not banned, banned')
+  output = subprocess.run(
+      [sys.executable, '-c', code, 'benchmark_loop', f'--store={store}', f'--folder={folder}',
+       '--stored_size=73', '--model=owt', '--width=0.125', '--image_size=64', '--batch=4',
+       '--steps=2', '--warmup=1', '--workers=1', '--threads=1'],
+      cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
+  rows = [line for line in output.splitlines() if line.startswith('| ') and 'images/s' not in line
+          and '---' not in line]
+  assert [row.split(' | ')[0] for row in rows] == [
+      '| input alone: the store', '| input alone: JPEG files decoded and resized as read',
+      '| step alone (batch already on the devices)', '| the loop: the store, then the step']
+  assert all(float(row.split(' | ')[1].replace(',', '')) > 0 for row in rows)

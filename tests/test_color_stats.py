@@ -1,4 +1,5 @@
-"""The training set's mean pixel and RGB principal components, stored with the run and used."""
+"""The training set's mean pixel, mean image and RGB principal components, stored with the run
+and used."""
 
 import numpy as np
 import pytest
@@ -34,6 +35,10 @@ def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_f
   top = np.asarray(stats['pca_eigvec'])[:, 0]
   np.testing.assert_allclose(np.abs(top), [2 / 3, 1 / 3, 2 / 3], atol=1e-6)
   assert top[0] * top[2] < 0
+  # The mean image of the stored 73x73 squares: the mean pixel everywhere.
+  assert stats['mean_image'].shape == (73, 73, 3)
+  np.testing.assert_allclose(stats['mean_image'], np.broadcast_to([150, 75, 100], (73, 73, 3)),
+                             atol=1e-4)
 
 
 def test_computed_statistics_are_required_then_read_from_the_workdir_for_the_run(two_colour_folder, tmp_path):
@@ -44,9 +49,18 @@ def test_computed_statistics_are_required_then_read_from_the_workdir_for_the_run
   with pytest.raises(errors.ConfigError, match='python -m alexnet_jax.color_stats'):
     train.train_and_evaluate(config, workdir)
   color_stats.save(color_stats.compute(config, max_images=16), workdir)
-  resolved = color_stats.resolve(config, workdir)
-  np.testing.assert_allclose(resolved.mean_rgb, [150, 75, 100], atol=1e-6)
-  assert resolved.pca_eigval[0] == pytest.approx(75**2 / 255, rel=1e-6)
-  assert tuple(config.mean_rgb) != tuple(resolved.mean_rgb)   # the caller's config is untouched
+  aug = color_stats.augmentation(config, workdir)
+  np.testing.assert_allclose(aug.mean, [150, 75, 100], atol=1e-6)
+  assert aug.pca_eigval[0] == pytest.approx(75**2 / 255, rel=1e-6)
+  assert tuple(config.mean_rgb) != tuple(aug.mean)   # the caller's config is untouched
   metrics = train.train_and_evaluate(config, workdir)
   assert metrics['examples'] == 4
+  config.subtract_mean, config.num_train_steps = 'image', 4
+  assert color_stats.augmentation(config, workdir).mean.shape == (73, 73, 3)
+  assert train.train_and_evaluate(config, workdir)['examples'] == 4
+
+
+def test_the_mean_image_needs_computed_statistics(two_colour_folder, tmp_path):
+  two_colour_folder.subtract_mean = 'image'
+  with pytest.raises(errors.ConfigError, match='needs the mean image'):
+    train.train_and_evaluate(two_colour_folder, str(tmp_path))

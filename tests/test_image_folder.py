@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import errors, input_pipeline, train
+from alexnet_jax import data, errors, train
 from alexnet_jax.evaluate_workdirs import evaluate_workdirs
 from tests.conftest import IMAGENETTE, tiny_config
 
@@ -62,17 +62,17 @@ def _config(root, **overrides):
 
 def test_folder_is_read_with_sorted_labels_grayscale_as_rgb_and_bad_files_skipped(folder, caplog):
   caplog.set_level(logging.WARNING)
-  data = input_pipeline.create(_config(folder), global_batch_size=4)
+  dataset = data.create(_config(folder), global_batch_size=4)
   assert 'truncated.JPEG' in caplog.text and 'end marker' in caplog.text
-  assert data.num_classes == 2
-  assert data.train_examples == 11   # 10 JPEGs and the PNG; the truncated file is left out
-  batch = next(data.train_batches(0))
-  assert batch['image'].shape == (4, 64, 64, 3) and batch['image'].dtype == np.uint8
-  eval_batches = list(data.eval_batches())
+  assert dataset.num_classes == 2
+  assert dataset.train_examples == 11   # 10 JPEGs and the PNG; the truncated file is left out
+  batch = next(dataset.train_batches(0))
+  assert batch['image'].shape == (4, 73, 73, 3) and batch['image'].dtype == np.uint8
+  eval_batches = list(dataset.eval_batches())
   images = np.concatenate([b['image'] for b in eval_batches])
   labels = np.concatenate([b['label'] for b in eval_batches])
   mask = np.concatenate([b['mask'] for b in eval_batches])
-  assert data.eval_examples == 4 and mask.sum() == 4
+  assert dataset.eval_examples == 4 and mask.sum() == 4
   np.testing.assert_array_equal(labels[mask == 1], [0, 0, 1, 1])
   gray = images[0].astype(int)   # the grayscale JPEG, its one channel copied to R, G and B
   assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
@@ -82,16 +82,16 @@ def test_folder_is_read_with_sorted_labels_grayscale_as_rgb_and_bad_files_skippe
 
 
 def test_wnid_folders_take_their_imagenet_index(folder):
-  data = input_pipeline.create(_config(folder, imagenet_wnid_labels=True), global_batch_size=4)
-  assert data.num_classes == 1000
-  labels = np.concatenate([b['label'][b['mask'] == 1] for b in data.eval_batches()])
+  dataset = data.create(_config(folder, imagenet_wnid_labels=True), global_batch_size=4)
+  assert dataset.num_classes == 1000
+  labels = np.concatenate([b['label'][b['mask'] == 1] for b in dataset.eval_batches()])
   np.testing.assert_array_equal(labels, [0, 0, 217, 217])
 
 
 def test_missing_split_folder_is_named(folder):
   shutil.rmtree(folder / 'val')
   with pytest.raises(errors.DataError, match="no folder for the 'validation' split"):
-    input_pipeline.create(_config(folder), global_batch_size=4)
+    data.create(_config(folder), global_batch_size=4)
 
 
 def test_training_on_the_folder_then_ten_patch_evaluation_of_every_image(folder, tmp_path):

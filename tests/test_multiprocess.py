@@ -12,12 +12,14 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+import pytest
 
 from alexnet_jax import train
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SETTINGS = dict(width=0.125, image_size=64, resize_size=73, global_batch_size=8,
+pytestmark = pytest.mark.slow   # processes joined over 127.0.0.1: 20 to 35 s each
+SETTINGS = dict(width=0.125, image_size=64, resize_size=73, global_batch_size=8, data_workers=0,
                 log_every_steps=2, checkpoint_every_steps=3, eval_every_steps=1000)
 
 
@@ -28,13 +30,16 @@ def _free_port() -> int:
 
 
 def _start_two(workdir, num_train_steps, heartbeat=100, devices_each=1, settings=None):
+  """Two processes of main.py joined on 127.0.0.1; `workdir` may be a pair, one each."""
+  workdirs = workdir if isinstance(workdir, (list, tuple)) else [workdir] * 2
   port = _free_port()
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}'}
   flags = [f'--config.{k}={v}' for k, v in (settings or SETTINGS).items()]
-  flags += [f'--config.num_train_steps={num_train_steps}', '--config.synthetic.eval_examples=13']
+  flags += [f'--config.num_train_steps={num_train_steps}', '--config.synthetic.eval_examples=13',
+            '--config.synthetic.train_examples=64']
   return [subprocess.Popen(
-      [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdir}',
+      [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdirs[i]}',
        *flags, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
        f'--process_id={i}', f'--heartbeat_timeout_seconds={heartbeat}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -81,6 +86,17 @@ def test_two_hosts_of_two_devices_split_the_classifier_as_one_host_does(tmp_path
                                   devices_each=2, mesh="{'batch': 2, 'model': 2}")
 
 
+def test_a_workdir_each_host_has_its_own_of_is_refused(tmp_path):
+  """As /tmp on each host: every process sees a folder, but not the same one."""
+  processes = _start_two([str(tmp_path / 'host0'), str(tmp_path / 'host1')], 4)
+  outputs = [p.communicate(timeout=300)[0] for p in processes]
+  for p, output in zip(processes, outputs):
+    assert p.returncode != 0, output[-3000:]
+    assert 'is not shared by all hosts: process 1 cannot see' in output, output[-3000:]
+    assert 'Traceback' not in output
+  assert not (tmp_path / 'host0' / 'checkpoints').exists()
+
+
 def test_when_one_process_dies_the_other_stops_with_an_error(tmp_path):
   workdir = str(tmp_path)
   survivor, victim = _start_two(workdir, 100_000, heartbeat=5)
@@ -91,9 +107,13 @@ def test_when_one_process_dies_the_other_stops_with_an_error(tmp_path):
   victim.kill()
   victim.wait()
   killed_at = time.monotonic()
-  survivor.communicate(timeout=120)
+  output, _ = survivor.communicate(timeout=120)
+  waited = time.monotonic() - killed_at
   assert survivor.returncode != 0
-  print(f'survivor stopped {time.monotonic() - killed_at:.1f}s after its peer died')
+  assert waited < 5 + 30, f'the survivor took {waited:.0f} s to stop'   # heartbeat: 5 s
+  # Its next step with the dead peer fails (ours), or JAX's heartbeat check stops it first.
+  assert ('Most likely another host of the job stopped' in output or
+          'another task died' in output), output[-3000:]
 
 
 def test_sigterm_to_one_process_stops_both_after_the_same_step(tmp_path):

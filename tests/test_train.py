@@ -1,6 +1,7 @@
-"""train_and_evaluate end to end: mock ImageNet, the demo, resume, and the errors users see."""
+"""train_and_evaluate end to end: a prepared store, the demo, resume, and the errors users see."""
 
 import glob
+import logging
 import os
 import pathlib
 import subprocess
@@ -9,40 +10,52 @@ import sys
 import jax
 import numpy as np
 import pytest
-import tensorflow_datasets as tfds
 
 from alexnet_jax import errors, train
+from alexnet_jax.data import prepare
 from configs import alexnet
-from tests.conftest import saved_state, tiny_config
+from tests.conftest import saved_state, tiny_config, write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def _mock_imagenet_config(num_train_steps):
-  config = tiny_config('paper')
-  config.dataset = 'imagenet2012'
-  config.global_batch_size = 4
-  config.num_train_steps = num_train_steps
-  config.eval_every_steps = 2
+@pytest.fixture(scope='module')
+def store_config(tmp_path_factory):
+  """The paper's model, narrow, on a store of 21 training and 9 validation images."""
+  folder = write_image_folder(tmp_path_factory.mktemp('images'))
+  out = tmp_path_factory.mktemp('data') / 'images_73'
+  prepare.prepare(f'image_folder:{folder}', str(out),
+                  prepare.Options(size=73, images_per_shard=8, workers=0), progress=False)
+
+  def config(num_train_steps):
+    config = tiny_config('paper')
+    config.dataset = str(out)
+    config.global_batch_size = 4
+    config.num_train_steps = num_train_steps
+    config.eval_every_steps = 2
+    return config
+
   return config
 
 
-
-
-def test_mock_imagenet_trains_evaluates_saves_and_resumes(tmp_path):
+def test_a_store_trains_evaluates_saves_and_resumes(store_config, tmp_path, caplog):
+  caplog.set_level(logging.INFO)
   straight, interrupted = str(tmp_path / 'straight'), str(tmp_path / 'interrupted')
-  with tfds.testing.mock_data(num_examples=9):
-    metrics = train.train_and_evaluate(_mock_imagenet_config(5), straight)
-    train.train_and_evaluate(_mock_imagenet_config(3), interrupted)
-    assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2', '3']
-    train.train_and_evaluate(_mock_imagenet_config(5), interrupted)
+  metrics = train.train_and_evaluate(store_config(7), straight)
+  # Stopped at an evaluation (a run that ends evaluates, which would count in the plateau
+  # schedule), then continued across an epoch's end (5 steps).
+  train.train_and_evaluate(store_config(4), interrupted)
+  assert sorted(os.listdir(os.path.join(interrupted, 'checkpoints'))) == ['2', '4']
+  train.train_and_evaluate(store_config(7), interrupted)
+  assert 'Restored the checkpoint of step 4' in caplog.text
+  assert 'training from step 4 to 7' in caplog.text
 
   assert metrics['examples'] == 9 and 0 <= metrics['top1_error'] <= 1
   assert glob.glob(os.path.join(straight, 'events.out.tfevents.*'))
-  # The second call continued from step 3 (not from 0), over the same batches
+  # The second call continued from step 4 (not from 0), over the same batches
   # and dropout masks as the straight run: the parameters agree exactly.
-  a, b = saved_state(straight, 5), saved_state(interrupted, 5)
-  assert int(a['step']) == int(b['step']) == 5
+  a, b = saved_state(straight, 7), saved_state(interrupted, 7)
+  assert int(a['step']) == int(b['step']) == 7
   for x, y in zip(jax.tree.leaves(a['params']), jax.tree.leaves(b['params'])):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
   for x, y in zip(jax.tree.leaves(a['opt_state']), jax.tree.leaves(b['opt_state'])):
@@ -60,6 +73,16 @@ def test_demo_config_runs(tmp_path):
   assert os.listdir(os.path.join(tmp_path, 'checkpoints')) == ['10']
 
 
+def test_durations_in_epochs_at_the_papers_numbers():
+  """ImageNet's 1,281,167 training images at batch 128: 10,009 steps an epoch, 90 epochs."""
+  steps_per_epoch = 1_281_167 // 128
+  assert steps_per_epoch == 10_009
+  assert train._steps(-1, 90.0, steps_per_epoch) == 900_810
+  assert train._steps(-1, 1.0, steps_per_epoch) == 10_009        # evaluate every epoch
+  assert train._steps(-1, 0.5, steps_per_epoch) == 5_005         # a part epoch, rounded up
+  assert train._steps(1_000, 90.0, steps_per_epoch) == 1_000     # steps, when given, win
+
+
 def test_batch_that_does_not_split_between_devices_is_refused(tmp_path):
   config = tiny_config()
   config.global_batch_size = 7
@@ -69,11 +92,12 @@ def test_batch_that_does_not_split_between_devices_is_refused(tmp_path):
 
 
 def test_main_without_imagenet_prints_how_to_prepare_it(tmp_path):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TFDS_DATA_DIR': str(tmp_path / 'tfds')}
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu'}
   result = subprocess.run(
       [sys.executable, 'main.py', '--config=configs/alexnet.py',
-       f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "tfds"}'],
+       f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "data"}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
-  assert 'tfds build imagenet2012' in result.stderr
+  assert ('python -m alexnet_jax.data.prepare --source=imagenet2012 --size=256 '
+          f'--out={tmp_path / "data" / "imagenet2012"} --manual_dir=') in result.stderr
   assert 'Traceback' not in result.stderr

@@ -1,26 +1,27 @@
-"""A folder of images as a dataset: `--config.dataset=image_folder:ROOT`.
+"""A folder of images: `image_folder:ROOT`, trained directly or prepared into a store.
 
 The layout is ROOT/<split>/<class>/<image>, e.g. ROOT/train/n01440764/x.JPEG
 and ROOT/val/n01440764/y.JPEG (the eval split `validation` is also looked for
 as `val`). A class's index is its folder's place in the sorted list of the
-train split's class folders; with `--config.imagenet_wnid_labels`, folders
-named by ImageNet wnids take their ImageNet-1k index instead, so a model
-trained on ImageNet evaluates on the folder with the right labels.
+train split's class folders; with `imagenet_wnid_labels`, folders named by
+ImageNet wnids take their ImageNet-1k index instead, so a model trained on
+ImageNet evaluates on the folder with the right labels.
 
-JPEG, PNG, GIF and BMP files of any size are read, grayscale, CMYK and
-alpha turned into RGB, through the same preprocessing as ImageNet. A file that is
-empty, truncated (no end marker) or not an image at all is logged with its
-path, counted and left out before the epoch is laid out.
+JPEG, PNG, GIF and BMP files of any size are read, grayscale, CMYK and alpha
+turned into RGB (`decode.py`). A file that is empty, truncated (no end marker)
+or not an image at all is logged with its path, counted and left out when the
+folder is listed, before any epoch is laid out.
 """
 
 import concurrent.futures
+import dataclasses
 import logging
 import pathlib
 
+import grain
 import numpy as np
-import tensorflow as tf
 
-from alexnet_jax import tf_batches
+from alexnet_jax.data import decode
 from alexnet_jax.errors import DataError
 
 PREFIX = 'image_folder:'
@@ -72,7 +73,7 @@ def _class_indices(train_folder: pathlib.Path, imagenet_wnids: bool) -> tuple[di
                     f'{train_folder}/<class name>/.')
   if not imagenet_wnids:
     return {name: i for i, name in enumerate(classes)}, classes
-  import tensorflow_datasets as tfds
+  import tensorflow_datasets as tfds   # its ImageNet metadata; TensorFlow is not imported
   wnids = tfds.builder('imagenet2012').info.features['label'].names
   unknown = sorted(set(classes) - set(wnids))
   if unknown:
@@ -91,6 +92,12 @@ def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np
                       'train split or remove it.')
     candidates += [(str(p), class_index[class_dir.name]) for p in sorted(class_dir.iterdir())
                    if p.suffix.lower() in SUFFIXES]
+  present = {label for _, label in candidates}
+  empty = sorted(name for name, label in class_index.items() if label not in present)
+  if empty:
+    logging.warning('%s has no images of %d of the %d classes (%s%s); they are evaluated or '
+                    'trained on without them.', folder, len(empty), len(class_index),
+                    ', '.join(empty[:5]), ', ...' if len(empty) > 5 else '')
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
     reasons = list(pool.map(why_unreadable, [path for path, _ in candidates]))
   kept = [c for c, reason in zip(candidates, reasons) if reason is None]
@@ -106,28 +113,48 @@ def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np
   return np.asarray(paths), np.asarray(labels, np.int32)
 
 
-def create(config, host_batch: int, process_index: int, process_count: int):
-  root = pathlib.Path(config.dataset[len(PREFIX):]).expanduser()
+@dataclasses.dataclass(frozen=True)
+class Folder:
+  """The readable images of a folder's splits, and its class names by index."""
+  root: pathlib.Path
+  classes: tuple[str, ...]
+  splits: dict   # {split name: (paths, labels)}
+
+
+def open_folder(root, split_names, imagenet_wnid_labels: bool = False) -> Folder:
+  """Lists `split_names` (the first one is the train split, which names the classes)."""
+  root = pathlib.Path(root).expanduser()
   if not root.is_dir():
-    raise DataError(f'--config.dataset={config.dataset}: {root} is not a folder.')
-  train_folder = _split_folder(root, config.train_split)
-  class_index, class_names = _class_indices(train_folder, config.imagenet_wnid_labels)
-  splits = {config.train_split: list_images(train_folder, class_index),
-            config.eval_split: list_images(_split_folder(root, config.eval_split), class_index)}
+    raise DataError(f'{PREFIX}{root}: {root} is not a folder.')
+  train_folder = _split_folder(root, split_names[0])
+  class_index, class_names = _class_indices(train_folder, imagenet_wnid_labels)
+  splits = {name: list_images(_split_folder(root, name), class_index) for name in split_names}
+  return Folder(root, tuple(class_names), splits)
 
-  def read(split: str, shuffle_seed: int | None):
-    paths, labels = splits[split]
-    # Every host takes every process_count-th file, so each sees all classes.
-    paths, labels = paths[process_index::process_count], labels[process_index::process_count]
-    if shuffle_seed is not None:   # a whole-epoch permutation: the files are sorted by class
-      order = np.random.default_rng(shuffle_seed).permutation(len(paths))
-      paths, labels = paths[order], labels[order]
-    ds = tf.data.Dataset.from_tensor_slices((paths, labels))
-    return ds.map(lambda path, label: {'image': tf.io.read_file(path), 'label': label},
-                  num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
 
-  return tf_batches.make_data(
-      read, config, name=str(root), num_classes=len(class_names), class_names=class_names,
-      train_examples=len(splits[config.train_split][0]),
-      eval_examples=len(splits[config.eval_split][0]), host_batch=host_batch,
-      process_index=process_index, process_count=process_count)
+class FolderSplit(grain.sources.RandomAccessDataSource):
+  """One split of a folder: index -> {'image': uint8 [size, size, 3], 'label': int32}, each
+  file decoded and resized as it is read.
+
+  A file that passed the listing's checks but still fails to decode is logged
+  with its path and replaced by the next image of the split, so that batches
+  keep their size; a prepared store leaves such files out instead.
+  """
+
+  def __init__(self, paths, labels, size: int):
+    self._paths, self._labels, self._size = paths, labels, size
+
+  def __len__(self):
+    return len(self._paths)
+
+  def __getitem__(self, index):
+    for offset in range(len(self._paths)):
+      i = (index + offset) % len(self._paths)
+      try:
+        image = decode.square(pathlib.Path(self._paths[i]).read_bytes(), self._size)
+      except (OSError, decode.UndecodableImage) as e:
+        logging.warning('Skipping %s: %s; the next image is read in its place.',
+                        self._paths[i], e)
+        continue
+      return {'image': image, 'label': np.int32(self._labels[i])}
+    raise DataError(f'No image of {pathlib.Path(self._paths[0]).parent.parent} can be decoded.')

@@ -1,0 +1,75 @@
+"""Encoded images -> the paper's square, against Pillow."""
+
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from alexnet_jax.data import decode
+
+
+def _smooth_image(height, width):
+  yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+  rgb = np.stack([128 + 100 * np.sin(xx / 37), 128 + 100 * np.cos(yy / 23),
+                  128 + 60 * np.sin((xx + yy) / 51)], -1)
+  return rgb.astype(np.uint8)
+
+
+def _encode(array, fmt='JPEG', mode=None, **kwargs) -> bytes:
+  out = io.BytesIO()
+  image = Image.fromarray(array)
+  (image.convert(mode) if mode else image).save(out, format=fmt, **kwargs)
+  return out.getvalue()
+
+
+def _pillow_square(encoded: bytes, size: int) -> np.ndarray:
+  """The paper's preprocessing written with Pillow: shorter side to `size`, centre crop."""
+  image = Image.open(io.BytesIO(encoded)).convert('RGB')
+  scale = size / min(image.size)
+  image = image.resize((round(image.width * scale), round(image.height * scale)), Image.BILINEAR)
+  left, top = (image.width - size) // 2, (image.height - size) // 2
+  return np.asarray(image.crop((left, top, left + size, top + size)), np.float32)
+
+
+@pytest.mark.parametrize('height, width', [(300, 450), (500, 333), (1024, 1536)])
+def test_square_is_the_shorter_side_resized_then_the_centre(height, width):
+  encoded = _encode(_smooth_image(height, width), quality=95)
+  ours = decode.square(encoded, 256)
+  assert ours.shape == (256, 256, 3) and ours.dtype == np.uint8
+  # 1024x1536 is decoded by libjpeg-turbo at a quarter of its size: still within a level.
+  difference = np.abs(ours.astype(np.float32) - _pillow_square(encoded, 256))
+  assert difference.mean() < 2.0, difference.mean()
+
+
+def test_an_image_already_at_the_size_is_only_decoded():
+  image = _smooth_image(64, 64)
+  encoded = _encode(image, quality=95)
+  np.testing.assert_array_equal(decode.square(encoded, 64),
+                                np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB')))
+
+
+def test_cmyk_jpeg_becomes_the_rgb_pillow_gives():
+  rgb = np.zeros((80, 100, 3), np.uint8)
+  rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 60, 30
+  encoded = _encode(rgb, mode='CMYK', quality=95)
+  reference = np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB'), np.float32)
+  np.testing.assert_allclose(decode.square(encoded, 64).reshape(-1, 3).mean(0),
+                             reference.reshape(-1, 3).mean(0), atol=2)
+
+
+def test_grayscale_and_alpha_become_rgb():
+  gray = decode.square(_encode(_smooth_image(90, 120)[..., 0]), 64)
+  assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+  rgba = np.concatenate([_smooth_image(90, 120), np.full((90, 120, 1), 128, np.uint8)], -1)
+  assert decode.square(_encode(rgba, fmt='PNG'), 64).shape == (64, 64, 3)
+
+
+@pytest.mark.parametrize('damage', ['truncated', 'garbage after the start marker', 'not an image'])
+def test_damaged_files_raise_undecodable(damage):
+  whole = _encode(_smooth_image(100, 100))
+  encoded = {'truncated': whole[:len(whole) // 3],
+             'garbage after the start marker': b'\xff\xd8' + bytes(500) + b'\xff\xd9',
+             'not an image': b'hello, world' * 10}[damage]
+  with pytest.raises(decode.UndecodableImage):
+    decode.square(encoded, 64)

@@ -1,0 +1,104 @@
+"""Storage faults: a full disk during a save stops the run with a message, loses nothing
+complete, and the next run resumes from the newest complete state."""
+
+import errno
+import logging
+import os
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from alexnet_jax import checkpointing, color_stats, errors, train
+from tests.conftest import saved_state, tiny_config
+
+
+SAVE = ocp.CheckpointManager.save
+
+
+def _config(num_train_steps):
+  config = tiny_config()
+  config.num_train_steps = num_train_steps
+  config.eval_every_steps = 2
+  config.checkpoint_every_steps = 2
+  return config
+
+
+@pytest.fixture
+def improving(monkeypatch):
+  """Every evaluation's top-1 error below the one before it: each one is kept in best/."""
+  real_evaluate, count = train.evaluate.evaluate, []
+
+  def evaluate(*args, **kwargs):
+    metrics = real_evaluate(*args, **kwargs)
+    count.append(1)
+    return metrics if metrics is None else {**metrics, 'top1_error': 1 / (1 + len(count))}
+
+  monkeypatch.setattr(train.evaluate, 'evaluate', evaluate)
+  return count
+
+
+@pytest.fixture
+def disk_full_at_step_4(monkeypatch):
+  """The regular checkpoint of step 4 meets a full disk, after Orbax made its temporary
+  folder; best/ (written first) and every other save go through."""
+  save = SAVE
+
+  def full(manager, step, *args, **kwargs):
+    if step == 4 and str(manager.directory).endswith('checkpoints'):
+      (manager.directory / f'{step}.orbax-checkpoint-tmp-1234').mkdir()
+      raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "...": '
+                       '[OS error 28: No space left on device]')
+    return save(manager, step, *args, **kwargs)
+
+  monkeypatch.setattr(ocp.CheckpointManager, 'save', full)
+  return monkeypatch
+
+
+def test_a_full_disk_stops_the_run_with_what_to_do_and_the_next_run_loses_nothing(
+    tmp_path, improving, disk_full_at_step_4, caplog):
+  workdir = str(tmp_path / 'full')
+  with pytest.raises(errors.StorageError) as raised:
+    train.train_and_evaluate(_config(6), workdir)
+  message = str(raised.value)
+  assert f'The checkpoint of step 4 could not be written to {workdir}/checkpoints' in message
+  assert 'no space is left on the device' in message and 'needs about' in message
+  assert 'GiB are free there' in message and '--config.keep_checkpoints' in message
+  assert f'It resumes from {workdir}/best/4' in message
+  assert sorted(os.listdir(tmp_path / 'full' / 'checkpoints')) == ['2']   # no partial left
+  assert os.listdir(tmp_path / 'full' / 'best') == ['4']
+
+  disk_full_at_step_4.setattr(ocp.CheckpointManager, 'save', SAVE)   # space freed
+  caplog.set_level(logging.INFO)
+  train.train_and_evaluate(_config(6), workdir)
+  assert f'Resuming from {workdir}/best/4' in caplog.text
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(_config(6), straight)
+  for a, b in zip(jax.tree.leaves(saved_state(workdir, 6)), jax.tree.leaves(saved_state(straight, 6))):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_too_little_space_for_the_checkpoints_is_warned_at_start_up(tmp_path, monkeypatch,
+                                                                     caplog):
+  monkeypatch.setattr(checkpointing, 'free_bytes', lambda directory: 1000)
+  train.train_and_evaluate(_config(1), str(tmp_path))
+  assert 'has 0.00 GiB free; 5 checkpoints of' in caplog.text   # keep 3, + best/ + one written
+
+
+def test_a_full_disk_leaves_no_half_written_colour_statistics(tmp_path, monkeypatch):
+  stats = {'mean_rgb': [1.0, 2.0, 3.0], 'pca_eigval': [1.0, 0.5, 0.1],
+           'pca_eigvec': np.eye(3).tolist(), 'images': 4,
+           'mean_image': np.zeros((4, 4, 3), np.float32)}
+  real_write = color_stats.epath.Path.write_bytes
+
+  def full(path, data):
+    if path.name.startswith(color_stats.FILENAME):
+      real_write(path, data[:10])   # as far as the disk took it
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return real_write(path, data)
+
+  monkeypatch.setattr(color_stats.epath.Path, 'write_bytes', full)
+  with pytest.raises(errors.StorageError, match='no space is left on the device'):
+    color_stats.save(stats, str(tmp_path))
+  assert not (tmp_path / color_stats.FILENAME).exists()   # a run does not take it for whole
