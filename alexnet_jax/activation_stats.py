@@ -1,0 +1,77 @@
+"""Why a network does not learn: each layer's outputs at initialisation and after a few steps.
+
+  python -m alexnet_jax.activation_stats --config=configs/alexnet.py \
+      --config.dataset=imagenette --steps=10
+
+On one batch of the config's validation split (the centre patches), before
+training and after `--steps` training steps with the config's optimiser, it
+prints for conv1 to fc8 the std and mean of the layer's output (before its
+ReLU), the fraction of outputs that are positive (the ReLU fires), and the
+fraction of units (channels) that fire on no input of the batch: dead ones
+(fc8 gives the logits, which have no ReLU: only their std and mean).
+Then the loss and the gradient norm of each step.
+"""
+
+import jax
+import numpy as np
+import optax
+from absl import app, flags
+from ml_collections import config_flags
+
+from alexnet_jax import color_stats, data, parallel, train
+from alexnet_jax.data import augment
+
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
+
+def layer_table(model, params, aug, batch) -> tuple[list[tuple], float, float]:
+  """([(layer, std, mean, firing, dead units)], logits std, loss) on `batch`."""
+  images = augment.eval_images(aug, batch['image'], ten_patches=False)
+  logits, state = model.apply({'params': params}, images, train=False,
+                              capture_intermediates=lambda m, _: m.name in LAYERS)
+  rows = []
+  for name in LAYERS:
+    out = np.asarray(state['intermediates'][name]['__call__'][0])
+    units = out.reshape(-1, out.shape[-1])
+    rows.append((name, out.std(), out.mean(), (out > 0).mean(), ((units > 0).sum(0) == 0).mean()))
+  loss = optax.softmax_cross_entropy_with_integer_labels(logits, batch['label']).mean()
+  return rows, float(np.asarray(logits).std()), float(loss)
+
+
+def main(argv):
+  del argv
+  config, steps = flags.FLAGS.config, flags.FLAGS.steps
+  mesh = parallel.make_mesh(jax.local_devices()[:1])
+  aug = color_stats.augmentation(config, flags.FLAGS.workdir or '')
+  dataset = data.create(config, config.global_batch_size)
+  model = train.create_model(config, dataset.num_classes)
+  state = train.create_train_state(config, model, mesh)
+  probe = next(iter(dataset.eval_batches()))
+  stream = dataset.train_batches(0)
+  step = parallel.make_train_step(model, aug, config.seed, mesh)
+
+  def show(title):
+    rows, logits_std, loss = layer_table(model, jax.device_get(state.params), aug, probe)
+    print(f'{title}: logits std {logits_std:.3g}, loss {loss:.3f}')
+    print('| layer | std | mean | firing | dead units |')
+    print('|---|---|---|---|---|')
+    for name, std, mean, firing, dead in rows:
+      relu = name != LAYERS[-1]
+      print(f'| {name} | {std:.3g} | {mean:.3g} | ' +
+            (f'{firing:.2f} | {dead:.2f} |' if relu else '- | - |'))
+
+  show(f'{config.model}, initialization={config.initialization}, at initialisation')
+  for i in range(1, steps + 1):
+    state, metrics = step(state, parallel.shard_batch(next(stream), mesh))
+    print(f'step {i}: loss {float(metrics["loss"]):.3f}, gradient norm '
+          f'{float(metrics["grad_norm"]):.3g}', flush=True)
+  stream.close()
+  show(f'after {steps} steps')
+
+
+if __name__ == '__main__':
+  config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
+  flags.DEFINE_integer('steps', 10, 'Training steps between the two looks.')
+  flags.DEFINE_string('workdir', None, 'With --config.color_stats=computed: where they are.')
+  flags.mark_flags_as_required(['config'])
+  app.run(main)
