@@ -10,7 +10,7 @@ from jax.experimental import multihost_utils
 from alexnet_jax import models
 from alexnet_jax.errors import ConfigError
 
-DTYPES = ('float32', 'bfloat16')
+DTYPES = ('auto', 'float32', 'bfloat16')
 
 
 def check(config, num_devices: int, num_local_devices: int | None = None) -> None:

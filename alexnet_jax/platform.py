@@ -58,3 +58,11 @@ def check_backend(train_examples: int, allow_cpu: bool) -> None:
       f'installed jaxlib is the CPU build. Install JAX for them:\n'
       f'  {INSTALL[kind]}{"  (CUDA 13: jax[cuda13])" if kind == "NVIDIA GPUs" else ""}\n'
       f'To train {train_examples:,} images on the CPU anyway, pass --config.allow_cpu=true.')
+
+
+def compute_dtype(configured: str) -> str:
+  """The config's dtype; 'auto' is bfloat16 where matrix units run it natively (GPU, TPU),
+  float32 on the CPU, where bfloat16 arithmetic is emulated."""
+  if configured != 'auto':
+    return configured
+  return 'float32' if jax.default_backend() == 'cpu' else 'bfloat16'

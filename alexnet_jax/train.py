@@ -23,7 +23,8 @@ def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
 
 def create_model(config, num_classes: int) -> models.AlexNet:
   return models.AlexNet(num_classes=num_classes, variant=config.model, width=config.width,
-                        dropout_rate=config.dropout_rate, dtype=jnp.dtype(config.dtype),
+                        dropout_rate=config.dropout_rate,
+                        dtype=jnp.dtype(platform.compute_dtype(config.dtype)),
                         initialization=config.initialization)
 
 
@@ -80,8 +81,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(_flat_hparams(config))
-  logging.info('%s AlexNet, %s parameters; training from step %d to %d.', config.model,
-               f'{models.count_params(state.params):,}', start_step, num_steps)
+  logging.info('%s AlexNet, %s parameters, computing in %s; training from step %d to %d.',
+               config.model, f'{models.count_params(state.params):,}',
+               platform.compute_dtype(config.dtype), start_step, num_steps)
 
   train_step = parallel.make_train_step(model, aug, config.seed, mesh)
   eval_step = parallel.make_eval_step(model, aug, mesh, config.eval_ten_crop)
@@ -167,9 +169,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   except errors.StorageError as e:
     newest = _newest_complete(checkpoints, best)
     raise errors.StorageError(
-        f'{e} Free space there, lower --config.keep_checkpoints, or pass another --workdir '
-        '(copy the workdir there to keep its checkpoints); then run the same command. It '
-        f'resumes from {newest or "step 0: no checkpoint is complete yet"}.') from e
+        f'{e} Then run the same command. It resumes from '
+        f'{newest or "step 0: no checkpoint is complete yet"}.') from e
   finally:
     host_batches.close()
     preemption.close()

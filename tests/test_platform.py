@@ -57,3 +57,11 @@ def test_a_tpu_host_gets_the_tpu_install_line(no_accelerators, monkeypatch):
 
 def test_a_host_without_accelerators_trains_on_its_cpu(no_accelerators):
   platform.check_backend(train_examples=1_281_167, allow_cpu=False)
+
+
+def test_auto_computes_in_float32_on_the_cpu_and_bfloat16_on_accelerators(monkeypatch):
+  assert platform.compute_dtype('auto') == 'float32'
+  for backend in ('gpu', 'tpu'):
+    monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+    assert platform.compute_dtype('auto') == 'bfloat16'
+  assert platform.compute_dtype('float32') == 'float32'   # as configured, anywhere
