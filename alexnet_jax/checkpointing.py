@@ -38,17 +38,55 @@ _REFUSALS = {errno.ENOSPC: 'no space is left on the device', errno.EDQUOT: 'the 
 _REFUSAL_TEXTS = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
                   'Read-only file system': errno.EROFS, 'Permission denied': errno.EACCES,
                   'PERMISSION_DENIED': errno.EACCES}
+# A storage that does not answer, as the OS, aiohttp (gcsfs) and tensorstore say it.
+_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
+                       errno.EHOSTUNREACH, errno.ENETUNREACH}
+_UNREACHABLE_TEXTS = ('Cannot connect to host', 'Could not connect to server', 'UNAVAILABLE:')
 
 
 def refused_write(error: BaseException) -> str | None:
   """What the storage said when it refused a write (full, read-only, ...), or None."""
-  for cause in (error, error.__cause__, error.__context__):
+  for cause in _causes(error):
     if isinstance(cause, OSError) and cause.errno in _REFUSALS:
       return _REFUSALS[cause.errno]
     for text, code in _REFUSAL_TEXTS.items():
-      if cause is not None and text in str(cause):
+      if text in str(cause):
         return _REFUSALS[code]
   return None
+
+
+def unreachable(error: BaseException) -> bool:
+  """Whether `error` says the storage (an object store's server) could not be reached, after
+  the retries of the library that wrote (gcsfs, tensorstore)."""
+  for cause in _causes(error):
+    if isinstance(cause, ConnectionError) or (
+        isinstance(cause, OSError) and cause.errno in _UNREACHABLE_ERRNOS):
+      return True
+    if any(text in str(cause) for text in _UNREACHABLE_TEXTS):
+      return True
+  return False
+
+
+def storage_failure(error: BaseException) -> tuple[str, str] | None:
+  """(what happened, what to do) when a write failed for the storage's sake; None when it
+  failed for another reason, which is not the storage's to explain."""
+  refusal = refused_write(error)
+  if refusal is not None:
+    return refusal, ('Free space there, lower --config.keep_checkpoints, or pass another '
+                     '--workdir (copy the workdir there to keep its checkpoints).')
+  if unreachable(error):
+    return ('the storage could not be reached', 'Check the network, the bucket and its '
+            'permissions from this host.')
+  return None
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+  """`error` and the errors it was raised from or during, innermost last."""
+  chain = []
+  while error is not None and error not in chain and len(chain) < 16:
+    chain.append(error)
+    error = error.__cause__ or error.__context__
+  return chain
 
 
 def checkpoint_bytes(state) -> int:
@@ -113,16 +151,19 @@ class Checkpoints:
           state=ocp.args.StandardSave(_arrays(state)),
           loop_state=ocp.args.JsonSave(loop_state)), force=True)
     except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
-      refusal = refused_write(e)
-      if refusal is None:
+      failure = storage_failure(e)
+      if failure is None:
         raise
-      self._remove_partial(step)
-      free = free_bytes(self.directory)
+      (what, fix), size = failure, ''
+      if refused_write(e):   # the storage answers: tidy up, and say what one checkpoint needs
+        self._remove_partial(step)
+        free = free_bytes(self.directory)
+        size = (f' One checkpoint needs about {_gib(checkpoint_bytes(state))}'
+                f'{f", {_gib(free)} are free there" if free is not None else ""}.')
       raise StorageError(
-          f'The checkpoint of step {step} could not be written to {self.directory}: {refusal} '
-          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}). One checkpoint '
-          f'needs about {_gib(checkpoint_bytes(state))}'
-          f'{f", {_gib(free)} are free there" if free is not None else ""}.') from e
+          f'The checkpoint of step {step} could not be written to {self.directory}: {what} '
+          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}).{size} '
+          f'{fix}') from e
     self._last_saved = step
 
   def _remove_partial(self, step: int) -> None:

@@ -14,7 +14,6 @@ along those components and subtracts that mean pixel, or with
 
 import io
 import json
-import os
 import sys
 
 import numpy as np
@@ -81,11 +80,12 @@ def _write_whole(path: epath.Path, contents: bytes) -> None:
     temporary.write_bytes(contents)
     temporary.rename(path)
   except OSError as e:
-    refusal = checkpointing.refused_write(e)
-    if refusal is None:
+    failure = checkpointing.storage_failure(e)
+    if failure is None:
       raise
-    raise StorageError(f'{path} could not be written: {refusal} ({e}). Free space there or '
-                       'use another --workdir, and run the command again.') from e
+    what, fix = failure
+    raise StorageError(f'{path} could not be written: {what} ({e}). {fix} Then run the '
+                       'command again.') from e
 
 
 def augmentation(config, workdir: str) -> augment.Augmentation:
@@ -138,7 +138,7 @@ def main(argv):
     sys.exit(f'error: {e}')
   print(json.dumps({k: v for k, v in stats.items() if k != 'mean_image'}, indent=2))
   print(f'Written to {save(stats, workdir)}; train with --config.color_stats=computed '
-        f'--workdir={os.path.normpath(workdir)} to use them (and --config.subtract_mean=image '
+        f'--workdir={workdir} to use them (and --config.subtract_mean=image '
         'for the mean image).')
 
 

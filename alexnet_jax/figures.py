@@ -13,7 +13,6 @@
 Class names come from the dataset (TFDS label names, folder names).
 """
 
-import os
 import sys
 
 import jax
@@ -22,6 +21,7 @@ import matplotlib
 import numpy as np
 from absl import app, flags
 from clu import metric_writers
+from etils import epath
 from ml_collections import config_flags
 
 from alexnet_jax import checkpointing, color_stats, data, errors, parallel, train
@@ -111,7 +111,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   params = jax.device_get(params)
   names = list(dataset.class_names) or [f'class {i}' for i in range(dataset.num_classes)]
   forward = _forward(model, aug)
-  os.makedirs(out, exist_ok=True)
+  epath.Path(out).mkdir(parents=True, exist_ok=True)
   figures = {}
 
   kernel = np.asarray(params['conv1']['kernel'], np.float32)
@@ -157,8 +157,9 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   paths = {}
   writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
   for name, fig in figures.items():
-    paths[name] = os.path.join(out, f'{name}.png')
-    fig.savefig(paths[name], dpi=100)
+    paths[name] = str(epath.Path(out) / f'{name}.png')
+    with epath.Path(paths[name]).open('wb') as f:   # a local path or gs://...
+      fig.savefig(f, format='png', dpi=100)
     writer.write_images(step, {f'figures/{name}': _canvas(fig)[None]})
     plt.close(fig)
   writer.flush()
@@ -170,7 +171,7 @@ def main(argv):
   FLAGS = flags.FLAGS
   try:
     paths = make_figures(FLAGS.config, FLAGS.workdir, FLAGS.checkpoint,
-                         FLAGS.out or os.path.join(FLAGS.workdir, 'figures'), FLAGS.images,
+                         FLAGS.out or str(epath.Path(FLAGS.workdir) / 'figures'), FLAGS.images,
                          FLAGS.neighbour_pool)
   except errors.UserFacingError as e:
     sys.exit(f'error: {e}')

@@ -5,12 +5,11 @@ plots, against epochs, the training and validation loss (left) and the
 validation top-1 and top-5 error (right).
 """
 
-import glob
-import os
 import sys
 
 import matplotlib
 import numpy as np
+from etils import epath
 
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -20,8 +19,8 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
   """{tag: [(step, value), ...]} from every event file of `workdir`, sorted by step."""
   import tensorflow as tf
   scalars = {}
-  for path in sorted(glob.glob(os.path.join(workdir, 'events.out.tfevents.*'))):
-    for record in tf.data.TFRecordDataset(path):
+  for path in sorted(epath.Path(workdir).glob('events.out.tfevents.*')):
+    for record in tf.data.TFRecordDataset(str(path)):
       event = tf.compat.v1.Event.FromString(record.numpy())
       for value in event.summary.value:
         if value.HasField('tensor') and not value.tensor.string_val:
@@ -58,9 +57,10 @@ def plot(workdir: str, out_path: str) -> None:
   right.set_ylim(0, 1)
   right.grid(alpha=0.3)
   right.legend()
-  fig.suptitle(os.path.basename(os.path.normpath(workdir)))
+  fig.suptitle(epath.Path(workdir).name)
   fig.tight_layout()
-  fig.savefig(out_path, dpi=100)
+  with epath.Path(out_path).open('wb') as f:   # a local path or gs://...
+    fig.savefig(f, format='png', dpi=100)
 
 
 if __name__ == '__main__':
