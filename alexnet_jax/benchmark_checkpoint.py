@@ -44,6 +44,12 @@ def measure(variant: str, saves: int, directory: pathlib.Path) -> dict:
   mesh = parallel.make_mesh(jax.local_devices())
   model = models.AlexNet(num_classes=1000, variant=variant, dtype=jnp.float32)
   state = parallel.init_train_state(model, optim.paper_sgd(0.01), 224, 0, mesh)
+  # A trained run's momentum is noise to a compressor; a fresh state's is zeros, which
+  # Orbax's zstd would shrink to nothing.
+  keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(state.opt_state))))
+  state = state.replace(opt_state=jax.tree.map(
+      lambda x: jax.device_put(0.01 * jax.random.normal(next(keys), x.shape, x.dtype), x.sharding)
+      if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state))
   root = directory / variant
   shutil.rmtree(root, ignore_errors=True)
   checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'), keep=saves)
