@@ -38,10 +38,12 @@ _REFUSALS = {errno.ENOSPC: 'no space is left on the device', errno.EDQUOT: 'the 
 _REFUSAL_TEXTS = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
                   'Read-only file system': errno.EROFS, 'Permission denied': errno.EACCES,
                   'PERMISSION_DENIED': errno.EACCES}
-# A storage that does not answer, as the OS, aiohttp (gcsfs) and tensorstore say it.
+# A storage that does not answer, as the OS, aiohttp (gcsfs), tensorstore and TensorFlow's
+# GCS file system (libcurl's words) say it.
 _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
                        errno.EHOSTUNREACH, errno.ENETUNREACH}
-_UNREACHABLE_TEXTS = ('Cannot connect to host', 'Could not connect to server', 'UNAVAILABLE:')
+_UNREACHABLE_TEXTS = ('Cannot connect to host', 'Could not connect to server',
+                      "Couldn't connect to server", 'Could not resolve host', 'UNAVAILABLE:')
 
 
 def refused_write(error: BaseException) -> str | None:

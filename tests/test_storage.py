@@ -102,3 +102,17 @@ def test_a_full_disk_leaves_no_half_written_colour_statistics(tmp_path, monkeypa
   with pytest.raises(errors.StorageError, match='no space is left on the device'):
     color_stats.save(stats, str(tmp_path))
   assert not (tmp_path / color_stats.FILENAME).exists()   # a run does not take it for whole
+
+
+@pytest.mark.parametrize('error', [
+    ConnectionRefusedError(errno.ECONNREFUSED, 'Connect call failed'),   # aiohttp, under gcsfs
+    ValueError('ABORTED: All 32 retry attempts failed: CURL error Could not connect to server'),
+    RuntimeError("Error executing an HTTP request: libcurl code 7 meaning 'Couldn't connect to "
+                 "server'"),   # TensorFlow's GCS file system
+])
+def test_a_storage_that_cannot_be_reached_is_told_apart_from_a_full_one(error):
+  what, fix = checkpointing.storage_failure(error)
+  assert what == 'the storage could not be reached' and 'network' in fix
+  what, fix = checkpointing.storage_failure(OSError(errno.ENOSPC, 'No space left on device'))
+  assert what == 'no space is left on the device' and '--config.keep_checkpoints' in fix
+  assert checkpointing.storage_failure(ValueError('shapes do not match')) is None
