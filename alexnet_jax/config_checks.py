@@ -7,7 +7,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax import models
+from alexnet_jax import checkpointing, models
 from alexnet_jax.errors import ConfigError
 
 DTYPES = ('auto', 'float32', 'bfloat16')
@@ -108,8 +108,10 @@ def check_workdir(workdir: str) -> None:
     probe.write_text('')
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
+    fix = ('check the network, the bucket and its permissions from this host'
+           if checkpointing.unreachable(e) else 'choose a folder this user may write to')
     raise ConfigError(f'--workdir={workdir} cannot be written ({type(e).__name__}: {e}): '
-                      'choose a folder this user may write to.') from e
+                      f'{fix}.') from e
 
 
 def check_workdir_shared(workdir: str) -> None:

@@ -20,11 +20,10 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 from absl import app, flags
-from clu import metric_writers
 from etils import epath
 from ml_collections import config_flags
 
-from alexnet_jax import checkpointing, color_stats, data, errors, parallel, train
+from alexnet_jax import checkpointing, color_stats, data, errors, parallel, summaries, train
 from alexnet_jax.data import augment
 
 matplotlib.use('Agg')   # files only, no display
@@ -155,7 +154,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   figures['neighbours'] = fig
 
   paths = {}
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = summaries.Summaries(workdir)
   for name, fig in figures.items():
     paths[name] = str(epath.Path(out) / f'{name}.png')
     with epath.Path(paths[name]).open('wb') as f:   # a local path or gs://...

@@ -7,12 +7,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import metric_writers, parameter_overview, periodic_actions
+from clu import parameter_overview, periodic_actions
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
 from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
-                         models, optim, parallel, platform)
+                         models, optim, parallel, platform, summaries)
 from alexnet_jax import preemption as preemption_lib
 
 
@@ -77,7 +77,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
   _check_space(root, state, config.keep_checkpoints + 2)
 
-  writer = metric_writers.create_default_writer(workdir, just_logging=jax.process_index() > 0)
+  writer = summaries.Summaries(workdir)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(_flat_hparams(config))
@@ -166,6 +166,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         'resume.', step, ' before its evaluation' if evaluate_now and
                         not evaluated else '', checkpoints.path(step))
         break
+    writer.flush()
   except errors.StorageError as e:
     newest = _newest_complete(checkpoints, best)
     raise errors.StorageError(
@@ -177,7 +178,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     checkpoints.close()
     if best is not None:
       best.close()
-    writer.flush()
+    try:
+      writer.flush()
+    except errors.StorageError as e:   # stopping anyway: say so, keep the first error
+      logging.error('%s', e)
   return eval_metrics
 
 

@@ -116,3 +116,56 @@ def test_a_storage_that_cannot_be_reached_is_told_apart_from_a_full_one(error):
   what, fix = checkpointing.storage_failure(OSError(errno.ENOSPC, 'No space left on device'))
   assert what == 'no space is left on the device' and '--config.keep_checkpoints' in fix
   assert checkpointing.storage_failure(ValueError('shapes do not match')) is None
+
+
+def test_a_full_disk_under_the_summaries_stops_the_run_and_the_next_run_loses_nothing(
+    tmp_path, monkeypatch):
+  """TensorFlow's event writer meets a full disk at step 4's summaries, before step 4 is
+  saved: the run stops with a message, checkpoint 2 stays, and a rerun ends where a run that
+  never stopped ends."""
+  import tensorflow as tf
+  from clu import metric_writers
+  write_scalars = metric_writers.SummaryWriter.write_scalars
+
+  def full(writer, step, scalars):
+    if step == 4:
+      raise tf.errors.ResourceExhaustedError(None, None, 'events.out.tfevents.1; No space left '
+                                             'on device')
+    return write_scalars(writer, step, scalars)
+
+  monkeypatch.setattr(metric_writers.SummaryWriter, 'write_scalars', full)
+  workdir = str(tmp_path / 'full')
+  with pytest.raises(errors.StorageError) as raised:
+    train.train_and_evaluate(_config(6), workdir)
+  message = str(raised.value)
+  assert f'The TensorBoard summaries could not be written to {workdir}' in message
+  assert 'no space is left on the device' in message
+  assert f'It resumes from {workdir}/checkpoints/2' in message
+  monkeypatch.setattr(metric_writers.SummaryWriter, 'write_scalars', write_scalars)
+  train.train_and_evaluate(_config(6), workdir)
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(_config(6), straight)
+  for a, b in zip(jax.tree.leaves(saved_state(workdir, 6)),
+                  jax.tree.leaves(saved_state(straight, 6)), strict=True):
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_workdir_whose_storage_cannot_be_reached_is_refused_with_what_to_check(monkeypatch):
+  from alexnet_jax import config_checks
+
+  class OutOfReach:   # a gs:// path as TensorFlow's file system meets it without a network
+    def __init__(self, *parts):
+      pass
+
+    def __truediv__(self, name):
+      return self
+
+    def mkdir(self, *args, **kwargs):
+      raise OSError("Error executing an HTTP request: libcurl code 6 meaning 'Could not "
+                    "resolve hostname', error details: Could not resolve host: "
+                    "www.googleapis.com")
+
+  monkeypatch.setattr(config_checks.epath, 'Path', OutOfReach)
+  with pytest.raises(errors.ConfigError, match='check the network, the bucket and its '
+                     'permissions from this host'):
+    config_checks.check_workdir('gs://a-bucket/run')
