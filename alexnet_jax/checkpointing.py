@@ -69,6 +69,9 @@ def unreachable(error: BaseException) -> bool:
   return False
 
 
+UNREACHABLE = 'the storage could not be reached'
+
+
 def storage_failure(error: BaseException) -> tuple[str, str] | None:
   """(what happened, what to do) when a write failed for the storage's sake; None when it
   failed for another reason, which is not the storage's to explain."""
@@ -77,9 +80,19 @@ def storage_failure(error: BaseException) -> tuple[str, str] | None:
     return refusal, ('Free space there, lower --config.keep_checkpoints, or pass another '
                      '--workdir (copy the workdir there to keep its checkpoints).')
   if unreachable(error):
-    return ('the storage could not be reached', 'Check the network, the bucket and its '
-            'permissions from this host.')
+    return UNREACHABLE, 'Check the network, the bucket and its permissions from this host.'
   return None
+
+
+def storage_error(error: BaseException, subject: str, detail: str = '') -> StorageError | None:
+  """The StorageError that says `subject` (e.g. 'The checkpoint of step 4 could not be
+  written to DIR') failed for the storage's sake, and what to do; None when `error` is not
+  the storage's. `detail` goes between the cause and the fix."""
+  failure = storage_failure(error)
+  if failure is None:
+    return None
+  what, fix = failure
+  return StorageError(f'{subject}: {what} ({describe(error)}).{detail} {fix}')
 
 
 def _causes(error: BaseException) -> list[BaseException]:
@@ -153,19 +166,17 @@ class Checkpoints:
           state=ocp.args.StandardSave(_arrays(state)),
           loop_state=ocp.args.JsonSave(loop_state)), force=True)
     except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
-      failure = storage_failure(e)
-      if failure is None:
-        raise
-      (what, fix), size = failure, ''
+      subject = f'The checkpoint of step {step} could not be written to {self.directory}'
+      size = ''
       if refused_write(e):   # the storage answers: tidy up, and say what one checkpoint needs
         self._remove_partial(step)
         free = free_bytes(self.directory)
         size = (f' One checkpoint needs about {_gib(checkpoint_bytes(state))}'
                 f'{f", {_gib(free)} are free there" if free is not None else ""}.')
-      raise StorageError(
-          f'The checkpoint of step {step} could not be written to {self.directory}: {what} '
-          f'({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ""}).{size} '
-          f'{fix}') from e
+      error = storage_error(e, subject, size)
+      if error is None:
+        raise
+      raise error from e
     self._last_saved = step
 
   def _remove_partial(self, step: int) -> None:
@@ -204,7 +215,7 @@ class Checkpoints:
       verdicts = np.asarray(multihost_utils.process_allgather(np.int32(verdict))).reshape(-1)
       if (verdicts == FAILED).any():
         hosts = ', '.join(str(i) for i in np.flatnonzero(verdicts == FAILED))
-        cause = _describe(error) if verdict == FAILED else "the cause is in that host's log"
+        cause = describe(error) if verdict == FAILED else "the cause is in that host's log"
         raise CheckpointError(
             f'Checkpoint {self.path(step)} could not be restored (host {hosts}: {cause}). It '
             'was left as it is. If the cause has passed (storage, memory), run again; if the '
@@ -221,7 +232,7 @@ class Checkpoints:
   def _set_aside(self, step: int, error: Exception | None) -> None:
     """Renames the damaged checkpoint of `step`, once every host has found it so."""
     path = self.path(step)
-    cause = _describe(error) if error is not None else "damaged, as another host found"
+    cause = describe(error) if error is not None else "damaged, as another host found"
     if self._read_only:
       raise ConfigError(f'Checkpoint {path} is damaged ({cause}).') from error
     logging.warning('Checkpoint %s is damaged (%s); it is renamed %s.unreadable and an older '
@@ -264,8 +275,9 @@ def workdir_path(workdir: str) -> epath.Path:
   return path if '://' in workdir else epath.Path(path.expanduser().absolute())
 
 
-def _describe(error: BaseException) -> str:
-  first_line = str(error).splitlines()[0] if str(error) else ''
+def describe(error: BaseException) -> str:
+  """'ValueError: its first line'."""
+  first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
   return f'{type(error).__name__}: {first_line}'
 
 

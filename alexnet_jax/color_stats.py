@@ -23,7 +23,7 @@ from ml_collections import config_flags
 
 from alexnet_jax import checkpointing, data, parallel
 from alexnet_jax.data import augment
-from alexnet_jax.errors import ConfigError, StorageError, UserFacingError
+from alexnet_jax.errors import ConfigError, UserFacingError
 
 FILENAME = 'color_stats.json'
 MEAN_IMAGE = 'mean_image.npy'
@@ -36,18 +36,22 @@ def compute(config, max_images: int) -> dict:
   dataset = data.create(config, config.global_batch_size)
   count, total, outer, images = 0, np.zeros(3), np.zeros((3, 3)), 0
   image_sum = np.zeros((dataset.image_size, dataset.image_size, 3))
+  # One epoch at most: the stream's next epoch would count images a second time.
+  limit = min(max_images, dataset.steps_per_epoch * config.global_batch_size)
   batches = dataset.train_batches(0)
-  for batch in batches:
-    taken = batch['image'][:max_images - images].astype(np.float64)
-    pixels = taken.reshape(-1, 3)
-    count += len(pixels)
-    total += pixels.sum(0)
-    outer += pixels.T @ pixels
-    image_sum += taken.sum(0)
-    images += len(taken)
-    if images >= min(max_images, dataset.train_examples):
-      break
-  batches.close()
+  try:
+    for batch in batches:
+      taken = batch['image'][:limit - images].astype(np.float64)
+      pixels = taken.reshape(-1, 3)
+      count += len(pixels)
+      total += pixels.sum(0)
+      outer += pixels.T @ pixels
+      image_sum += taken.sum(0)
+      images += len(taken)
+      if images >= limit:
+        break
+  finally:
+    batches.close()
   mean = total / count
   covariance = outer / count - np.outer(mean, mean)
   eigval, eigvec = np.linalg.eigh(covariance)
@@ -80,12 +84,10 @@ def _write_whole(path: epath.Path, contents: bytes) -> None:
     temporary.write_bytes(contents)
     temporary.rename(path)
   except OSError as e:
-    failure = checkpointing.storage_failure(e)
-    if failure is None:
+    error = checkpointing.storage_error(e, f'{path} could not be written')
+    if error is None:
       raise
-    what, fix = failure
-    raise StorageError(f'{path} could not be written: {what} ({e}). {fix} Then run the '
-                       'command again.') from e
+    raise error from e
 
 
 def augmentation(config, workdir: str) -> augment.Augmentation:
@@ -117,6 +119,11 @@ def augmentation(config, workdir: str) -> augment.Augmentation:
     resolved.pca_eigvec = tuple(tuple(row) for row in stats['pca_eigvec'])
   mean_image = None
   if config.subtract_mean == 'image':
+    if not (epath.Path(workdir) / MEAN_IMAGE).exists():   # statistics of an older version
+      raise ConfigError(
+          f'--config.subtract_mean=image, but {workdir} has no {MEAN_IMAGE}: compute the '
+          f'statistics again with\n  python -m alexnet_jax.color_stats --config=<the same '
+          f'config> --workdir={workdir}')
     mean_image = np.load(io.BytesIO((epath.Path(workdir) / MEAN_IMAGE).read_bytes()))
     if mean_image.shape != (config.resize_size, config.resize_size, 3):
       raise ConfigError(f'The mean image in {workdir} is {mean_image.shape[0]}x'

@@ -11,7 +11,6 @@ import jax
 from clu import metric_writers
 
 from alexnet_jax import checkpointing
-from alexnet_jax.errors import StorageError
 
 
 class Summaries:
@@ -30,12 +29,9 @@ class Summaries:
       try:
         return method(*args, **kwargs)
       except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
-        failure = checkpointing.storage_failure(e)
-        if failure is None:
+        error = checkpointing.storage_error(
+            e, f'The TensorBoard summaries could not be written to {self._workdir}')
+        if error is None:
           raise
-        what, fix = failure
-        first_line = str(e).strip().splitlines()[0] if str(e).strip() else ''
-        raise StorageError(f'The TensorBoard summaries could not be written to '
-                           f'{self._workdir}: {what} ({type(e).__name__}: {first_line}). '
-                           f'{fix}') from e
+        raise error from e
     return call

@@ -41,6 +41,12 @@ def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_f
                              atol=1e-4)
 
 
+def test_more_images_asked_for_than_an_epoch_holds_counts_each_image_once(two_colour_folder):
+  two_colour_folder.global_batch_size = 3   # 16 images: 5 batches, one image left over
+  stats = color_stats.compute(two_colour_folder, max_images=1000)
+  assert stats['images'] == 15   # not 16 or more, which the next epoch's reshuffle would add
+
+
 def test_computed_statistics_are_required_then_read_from_the_workdir_for_the_run(two_colour_folder, tmp_path):
   config = two_colour_folder
   config.color_stats = 'computed'

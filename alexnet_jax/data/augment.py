@@ -36,6 +36,8 @@ def from_config(config, mean_image: np.ndarray | None = None) -> Augmentation:
   """The config's augmentation; with `config.subtract_mean='image'`, `mean_image` [S, S, 3]."""
   mean = np.asarray(config.mean_rgb, np.float32)
   if config.subtract_mean == 'image':
+    if mean_image is None:   # np.asarray(None) would be a NaN mean: every input NaN
+      raise ValueError("subtract_mean='image' needs the mean image (alexnet_jax.color_stats).")
     mean = np.asarray(mean_image, np.float32)
   return Augmentation(image_size=config.image_size, mean=mean,
                       std=np.asarray(config.std_rgb, np.float32),
