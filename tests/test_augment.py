@@ -62,7 +62,7 @@ def test_whole_training_transform_equals_numpy_with_mean_std_and_colour_shift():
   for image, (y, x, flip), got in zip(images, draws, out):
     patch = image[y:y + PATCH, x:x + PATCH][:, ::-1 if flip else 1].astype(np.float64)
     shift = (got * std + mean - patch).reshape(-1, 3)
-    # One colour shift for the whole image, along the principal components.
+    # One colour shift for the whole image (its direction: the test below).
     np.testing.assert_allclose(shift, np.broadcast_to(shift[0], shift.shape), atol=2e-3)
     alpha = np.linalg.solve(EIGVEC, shift[0]) / EIGVAL
     alphas.append(alpha)
@@ -72,6 +72,18 @@ def test_whole_training_transform_equals_numpy_with_mean_std_and_colour_shift():
   assert np.all(np.abs(alphas.std(0) - 0.1) < 0.02), alphas.std(0)   # alpha_i ~ N(0, 0.1)
   assert np.all(np.abs(alphas.mean(0)) < 0.03)
   assert np.abs(np.corrcoef(alphas.T)[np.triu_indices(3, 1)]).max() < 0.2
+
+
+def test_the_colour_shift_lies_along_the_principal_components():
+  """With one non-zero eigenvalue, every image's shift is a multiple of that component."""
+  images = _images(16, seed=4)
+  eigval = np.array([50.0, 0.0, 0.0], np.float32)
+  shifted = _train(_plain(pca_std=0.1, pca_eigval=eigval, pca_eigvec=EIGVEC), images, step=5)
+  shifts = (shifted - _train(_plain(), images, step=5)).reshape(len(images), -1, 3)
+  np.testing.assert_allclose(shifts, np.broadcast_to(shifts[:, :1], shifts.shape), atol=2e-3)
+  for shift in shifts[:, 0]:
+    np.testing.assert_allclose(np.cross(shift, EIGVEC[:, 0]), 0, atol=1e-3)
+  assert np.abs(shifts).max() > 0.5   # the draws are not all zero
 
 
 def test_mean_image_is_subtracted_at_the_patchs_place():
