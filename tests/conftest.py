@@ -42,6 +42,17 @@ def tiny_config(variant: str = 'demo'):
   return config
 
 
+def run_config(num_train_steps: int, **overrides):
+  """`tiny_config` trained `num_train_steps`, evaluated every 2 steps unless `overrides` say
+  otherwise."""
+  config = tiny_config()
+  config.num_train_steps = num_train_steps
+  config.eval_every_steps = 2
+  for key, value in overrides.items():
+    config[key] = value
+  return config
+
+
 def write_image_folder(root, classes=('cat', 'dog', 'fox'), train=7, val=3, seed=0):
   """ROOT/train/<class>/ with `train` JPEGs of assorted sizes each, ROOT/val/<class>/ with `val`;
   each class a brightness band of its own, so a network can tell them apart."""
@@ -57,6 +68,13 @@ def write_image_folder(root, classes=('cat', 'dog', 'fox'), train=7, val=3, seed
         Image.fromarray(pixels.astype(np.uint8)).save(root / split / name / f'{i}.jpg',
                                                       quality=95)
   return root
+
+
+def assert_same_tree(a, b) -> None:
+  """Every leaf of `a` equals the leaf of `b` at its place, exactly; no leaf missing."""
+  import numpy as np
+  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def saved_state(workdir, step: int) -> dict:

@@ -38,8 +38,9 @@ def test_square_is_the_shorter_side_resized_then_the_centre(height, width):
   ours = decode.square(encoded, 256)
   assert ours.shape == (256, 256, 3) and ours.dtype == np.uint8
   # 1024x1536 is decoded by libjpeg-turbo at a quarter of its size: still within a level.
+  # (Pillow's own crop one pixel off differs from it by 1.2 to 1.8 on average.)
   difference = np.abs(ours.astype(np.float32) - _pillow_square(encoded, 256))
-  assert difference.mean() < 2.0, difference.mean()
+  assert difference.mean() < 1.0, difference.mean()
 
 
 def test_an_image_already_at_the_size_is_only_decoded():
@@ -49,20 +50,24 @@ def test_an_image_already_at_the_size_is_only_decoded():
                                 np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB')))
 
 
-def test_cmyk_jpeg_becomes_the_rgb_pillow_gives():
+def test_cmyk_jpeg_becomes_the_colour_it_was_made_from():
   rgb = np.zeros((80, 100, 3), np.uint8)
   rgb[..., 0], rgb[..., 1], rgb[..., 2] = 200, 60, 30
   encoded = _encode(rgb, mode='CMYK', quality=95)
-  reference = np.asarray(Image.open(io.BytesIO(encoded)).convert('RGB'), np.float32)
-  np.testing.assert_allclose(decode.square(encoded, 64).reshape(-1, 3).mean(0),
-                             reference.reshape(-1, 3).mean(0), atol=2)
+  np.testing.assert_allclose(decode.square(encoded, 64).reshape(-1, 3).mean(0), [200, 60, 30],
+                             atol=2)
 
 
 def test_grayscale_and_alpha_become_rgb():
-  gray = decode.square(_encode(_smooth_image(90, 120)[..., 0]), 64)
+  encoded = _encode(_smooth_image(90, 120)[..., 0])
+  gray = decode.square(encoded, 64)
   assert np.array_equal(gray[..., 0], gray[..., 1]) and np.array_equal(gray[..., 1], gray[..., 2])
+  assert np.abs(gray.astype(np.float32) - _pillow_square(encoded, 64)).mean() < 1.5
   rgba = np.concatenate([_smooth_image(90, 120), np.full((90, 120, 1), 128, np.uint8)], -1)
-  assert decode.square(_encode(rgba, fmt='PNG'), 64).shape == (64, 64, 3)
+  encoded = _encode(rgba, fmt='PNG')
+  ours = decode.square(encoded, 64)
+  assert ours.shape == (64, 64, 3)
+  assert np.abs(ours.astype(np.float32) - _pillow_square(encoded, 64)).mean() < 1.5
 
 
 @pytest.mark.parametrize('damage', ['truncated', 'garbage after the start marker', 'not an image'])

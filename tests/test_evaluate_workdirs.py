@@ -9,17 +9,13 @@ import pytest
 
 from alexnet_jax import errors, train
 from alexnet_jax.evaluate_workdirs import evaluate_workdirs
-from tests.conftest import NUM_DEVICES, tiny_config
+from tests.conftest import NUM_DEVICES, run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(seed):
-  config = tiny_config()
-  config.seed = seed
-  config.num_train_steps = 4
-  config.eval_every_steps = 2
-  return config
+  return run_config(4, seed=seed)
 
 
 @pytest.fixture(scope='module')

@@ -18,25 +18,15 @@ from PIL import Image
 
 from alexnet_jax import (checkpointing, config_checks, errors, optim, parallel, preemption,
                          train)
-from tests.conftest import NUM_DEVICES, saved_state, tiny_config
+from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 def _config(num_train_steps, **overrides):
-  config = tiny_config()
-  config.num_train_steps = num_train_steps
-  config.eval_every_steps = 1000
-  for key, value in overrides.items():
-    config[key] = value
-  return config
+  return run_config(num_train_steps, **{'eval_every_steps': 1000, **overrides})
 
 
-
-
-def _assert_same_state(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def _steps_saved(workdir):
@@ -110,7 +100,7 @@ def test_sigkill_then_sigterm_then_resume_ends_where_an_uninterrupted_run_ends(t
   train.train_and_evaluate(_config(end, checkpoint_every_steps=5), interrupted)
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(end, checkpoint_every_steps=5), straight)
-  _assert_same_state(saved_state(interrupted, end), saved_state(straight, end))
+  assert_same_tree(saved_state(interrupted, end), saved_state(straight, end))
 
 
 def test_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_path, caplog):
@@ -128,7 +118,7 @@ def test_corrupt_newest_checkpoint_is_set_aside_and_the_one_before_restored(tmp_
   assert (tmp_path / 'checkpoints' / '4.unreadable').is_dir()
   assert 'Restored the checkpoint of step 2' in caplog.text
   assert _steps_saved(workdir) == [2, 4]
-  _assert_same_state(saved_state(workdir, 4), good_4)   # step 4 retrained from step 2, exactly
+  assert_same_tree(saved_state(workdir, 4), good_4)   # step 4 retrained from step 2, exactly
 
 
 def _two_checkpoints(tmp_path):
@@ -224,7 +214,7 @@ def test_a_preemption_during_evaluation_saves_and_the_resumed_run_evaluates_firs
   caplog.set_level(logging.INFO)
   assert train.train_and_evaluate(config(), interrupted) == expected
   assert 'evaluating it first' in caplog.text
-  _assert_same_state(saved_state(interrupted, 4), saved_state(straight, 4))
+  assert_same_tree(saved_state(interrupted, 4), saved_state(straight, 4))
   for run in (straight, interrupted):
     assert sorted(os.listdir(os.path.join(run, 'best'))) == sorted(
         os.listdir(os.path.join(straight, 'best')))
@@ -289,7 +279,7 @@ def test_best_checkpoint_is_kept_apart_and_survives_a_restart(tmp_path, monkeypa
   assert _steps_saved(workdir) == [2, 4, 6, 8, 10]
   assert os.listdir(tmp_path / 'best') == ['4']
   best = ocp.PyTreeCheckpointer().restore(str(tmp_path / 'best' / '4' / 'state'))
-  _assert_same_state(best, saved_state(workdir, 4))
+  assert_same_tree(best, saved_state(workdir, 4))
   with open(tmp_path / 'best' / '4' / 'loop_state' / 'metadata') as f:
     assert json.load(f)['eval']['top1_error'] == 0.3
 

@@ -8,11 +8,8 @@ for: here they are written to a local folder instead.
 """
 
 import logging
-import os
 import threading
 
-import jax
-import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 from clu import metric_writers
@@ -21,7 +18,7 @@ from etils import epath
 from alexnet_jax import errors, figures, plot_curves, preemption, train
 from alexnet_jax.evaluate_workdirs import evaluate_workdirs
 from tests import gcs_emulator
-from tests.conftest import saved_state, tiny_config
+from tests.conftest import assert_same_tree, run_config, saved_state
 
 RUN = f'gs://{gcs_emulator.BUCKET}/run'
 
@@ -42,11 +39,7 @@ def local_summaries(tmp_path, monkeypatch):
   return tmp_path / 'summaries'
 
 
-def _config(num_train_steps):
-  config = tiny_config()
-  config.num_train_steps = num_train_steps
-  config.eval_every_steps = 2
-  return config
+_config = run_config
 
 
 def _steps(workdir, folder='checkpoints'):
@@ -60,11 +53,6 @@ def _state(workdir, step, like):
       f'{workdir}/checkpoints/{step}/state',
       args=ocp.args.PyTreeRestore(item=like,
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(like)))
-
-
-def _same(a, b):
-  for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
-    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_summaries,
@@ -83,7 +71,7 @@ def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_s
   assert f'Restored the checkpoint of step 2 from {RUN}/checkpoints' in caplog.text
   assert _steps(RUN) == [2, 4] and _steps(RUN, 'best') == [4]
   local = saved_state(straight, 4)
-  _same(_state(RUN, 4, local), local)
+  assert_same_tree(_state(RUN, 4, local), local)
   assert list(local_summaries.glob('events.out.tfevents.*'))
 
   results = evaluate_workdirs(_config(4), [RUN], 'best')
@@ -114,7 +102,7 @@ def test_a_storage_outage_during_a_save_is_waited_for(storage, local_summaries, 
   train.train_and_evaluate(_config(2), workdir)
   assert vanished and _steps(workdir) == [2]
   local = saved_state(_local_run(tmp_path, 2), 2)
-  _same(_state(workdir, 2, local), local)
+  assert_same_tree(_state(workdir, 2, local), local)
 
 
 def _local_run(tmp_path, steps):

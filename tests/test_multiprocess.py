@@ -69,7 +69,8 @@ def _two_processes_against_this_one(tmp_path, steps: int, settings: dict, device
   one = str(tmp_path / 'one')
   train.train_and_evaluate(config, one)
   saved_one, saved_two = _saved_state(one, steps), _saved_state(two, steps)
-  for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params'])):
+  for a, b in zip(jax.tree.leaves(saved_one['params']), jax.tree.leaves(saved_two['params']),
+                  strict=True):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-5, atol=1e-7)
 
 

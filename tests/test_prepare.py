@@ -145,7 +145,6 @@ def test_interrupted_preparation_resumes_to_the_same_bytes(folder, tmp_path, mon
   with pytest.raises(data.DataError, match='not finished'):
     data.open_prepared(str(interrupted), None, 40)
 
-  monkeypatch.setattr(prepare, 'write_shard', real_write)
   resumed = []
   monkeypatch.setattr(prepare, 'write_shard',
                       lambda shard, opts: resumed.append(shard.path.name) or real_write(shard, opts))

@@ -5,24 +5,18 @@ import errno
 import logging
 import os
 
-import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import checkpointing, color_stats, errors, train
-from tests.conftest import saved_state, tiny_config
+from tests.conftest import assert_same_tree, run_config, saved_state
 
 
 SAVE = ocp.CheckpointManager.save
 
 
-def _config(num_train_steps):
-  config = tiny_config()
-  config.num_train_steps = num_train_steps
-  config.eval_every_steps = 2
-  config.checkpoint_every_steps = 2
-  return config
+_config = run_config   # tiny_config saves every 2 steps; evaluated every 2 too
 
 
 @pytest.fixture
@@ -75,8 +69,7 @@ def test_a_full_disk_stops_the_run_with_what_to_do_and_the_next_run_loses_nothin
   assert f'Resuming from {workdir}/best/4' in caplog.text
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(6), straight)
-  for a, b in zip(jax.tree.leaves(saved_state(workdir, 6)), jax.tree.leaves(saved_state(straight, 6))):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_same_tree(saved_state(workdir, 6), saved_state(straight, 6))
 
 
 def test_too_little_space_for_the_checkpoints_is_warned_at_start_up(tmp_path, monkeypatch,
@@ -145,9 +138,7 @@ def test_a_full_disk_under_the_summaries_stops_the_run_and_the_next_run_loses_no
   train.train_and_evaluate(_config(6), workdir)
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(6), straight)
-  for a, b in zip(jax.tree.leaves(saved_state(workdir, 6)),
-                  jax.tree.leaves(saved_state(straight, 6)), strict=True):
-    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+  assert_same_tree(saved_state(workdir, 6), saved_state(straight, 6))
 
 
 def test_a_workdir_whose_storage_cannot_be_reached_is_refused_with_what_to_check(monkeypatch):
