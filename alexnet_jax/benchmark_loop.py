@@ -203,7 +203,9 @@ def main(args):
         f'processes, {threads} threads in each', flush=True)
   rows = []
   measure = dict(batch=args.batch, steps=args.steps, warmup=args.warmup)
-  rows.append(('input alone: the store', *input_alone(split, size, workers=workers,
+  # Without --store the input is the demo's generated images (made once, then kept).
+  read = 'the store' if store_path else 'generated images'
+  rows.append((f'input alone: {read}', *input_alone(split, size, workers=workers,
                                                       threads=threads, **measure)))
   print(rows[-1], flush=True)
   if folder_split is not None:
@@ -218,7 +220,7 @@ def main(args):
                  *step_alone(step, size, **measure)))
     print(rows[-1], flush=True)
     step_rate = rows[-1][1]
-    rows.append(('the loop: the store, then the step',
+    rows.append((f'the loop: {read}, then the step',
                  *loop(step, split, size, workers=workers, threads=threads, **measure)))
     print(rows[-1], flush=True)
   print()

@@ -115,11 +115,6 @@ def _split_layers(model, mesh: Mesh) -> frozenset[str]:
   return model_parallel.split_layers(model.variant, mesh.shape[MODEL_AXIS])
 
 
-def replicate(tree, mesh: Mesh):
-  """Places the same value on every device of the mesh."""
-  return jax.device_put(tree, NamedSharding(mesh, P()))
-
-
 def init_train_state(model, tx, image_size: int, seed: int, mesh: Mesh) -> train_state.TrainState:
   """The initial parameters and optimiser state, created directly where the mesh keeps them."""
 

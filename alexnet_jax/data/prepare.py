@@ -220,7 +220,8 @@ def prepare(source: str, out: str, options: Options, split_names=('train', 'vali
   if not 1 <= options.quality <= 100 or options.size < 1 or options.images_per_shard < 1:
     raise DataError('--quality must be 1-100, --size and --images_per_shard positive.')
   for name in split_names:
-    if splits.parse(name).start or splits.parse(name).stop:
+    sliced = splits.parse(name)
+    if sliced.start or sliced.stop:
       raise DataError(f'--splits: {name} has a slice; prepare whole splits and slice them in '
                       'training (--config.train_split=train[:90%]).')
   out_path = epath.Path(out).expanduser()
