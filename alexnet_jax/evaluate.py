@@ -3,27 +3,26 @@
 import jax
 import numpy as np
 
-from alexnet_jax import parallel
 from alexnet_jax.errors import DataError
 
 
-def evaluate(eval_step, params_list, data, mesh, batch_spec, should_stop=None) -> dict | None:
+def evaluate(eval_step, params_list, data, put, should_stop=None) -> dict | None:
   """Runs `eval_step` over every eval batch with one model's parameters (a list of one) or an
-  ensemble's; padded examples (mask 0) count nowhere. `batch_spec`: as the step takes batches
-  (`parallel.batch_spec`).
+  ensemble's; padded examples (mask 0) count nowhere. `put`: a host batch onto the devices as
+  the step takes it (`parallel.batch_to_devices`).
 
   `should_stop()`, asked after each batch, can end the pass early (a preemption): then None.
   """
   totals = None
-  host_batches = data.eval_batches()
+  batches = data.eval_batches(put=put)
   try:
-    for batch in parallel.prefetch_to_mesh(host_batches, mesh, batch_spec):
+    for batch in batches:
       counts = eval_step(list(params_list), batch)
       totals = counts if totals is None else jax.tree.map(lambda a, b: a + b, totals, counts)
       if should_stop is not None and should_stop():
         return None
   finally:
-    host_batches.close()
+    batches.close()
   if totals is None:
     raise DataError('The evaluation read no batches: the validation split is empty.')
   totals = {k: float(np.asarray(v)) for k, v in jax.device_get(totals).items()}

@@ -35,18 +35,18 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   dataset = data.create(config, config.global_batch_size)
   config_checks.check_classes(config, dataset.num_classes)
   model = train.create_model(config, dataset.num_classes)
-  batch_spec = parallel.batch_spec(model, mesh)
+  put = parallel.batch_to_devices(mesh, parallel.batch_spec(model, mesh))
   template = train.create_train_state(config, model, mesh)
   eval_step = parallel.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
   members, results = [], {}
   for workdir in workdirs:
     params, step = checkpointing.restore_params(workdir, which, template)
     members.append(params)
-    results[workdir] = {**evaluate.evaluate(eval_step, [params], dataset, mesh, batch_spec),
+    results[workdir] = {**evaluate.evaluate(eval_step, [params], dataset, put),
                         'step': step}
     logging.info('%s (step %d): %s', workdir, step, results[workdir])
   if len(members) > 1:
-    results['ensemble'] = evaluate.evaluate(eval_step, members, dataset, mesh, batch_spec)
+    results['ensemble'] = evaluate.evaluate(eval_step, members, dataset, put)
   return results
 
 

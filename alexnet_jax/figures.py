@@ -159,9 +159,9 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
     paths[name] = str(epath.Path(out) / f'{name}.png')
     with epath.Path(paths[name]).open('wb') as f:   # a local path or gs://...
       fig.savefig(f, format='png', dpi=100)
-    writer.write_images(step, {f'figures/{name}': _canvas(fig)[None]})
+    writer.write_images(step, {f'figures/{name}': _canvas(fig)})
     plt.close(fig)
-  writer.flush()
+  writer.close()
   return paths
 
 

@@ -14,26 +14,11 @@ from etils import epath
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-
-def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
-  """{tag: [(step, value), ...]} from every event file of `workdir`, sorted by step."""
-  import tensorflow as tf
-  scalars = {}
-  for path in sorted(epath.Path(workdir).glob('events.out.tfevents.*')):
-    for record in tf.data.TFRecordDataset(str(path)):
-      event = tf.compat.v1.Event.FromString(record.numpy())
-      for value in event.summary.value:
-        if value.HasField('tensor') and not value.tensor.string_val:
-          array = tf.make_ndarray(value.tensor)
-          if array.ndim == 0:   # scalars only; images and hyperparameters are not plotted
-            scalars.setdefault(value.tag, {})[event.step] = float(array)
-        elif value.HasField('simple_value'):
-          scalars.setdefault(value.tag, {})[event.step] = value.simple_value
-  return {tag: sorted(points.items()) for tag, points in scalars.items()}
+from alexnet_jax import summaries  # noqa: E402
 
 
 def plot(workdir: str, out_path: str) -> None:
-  scalars = read_scalars(workdir)
+  scalars = summaries.read_scalars(workdir)
   if 'train/epoch' not in scalars or 'eval/top1_error' not in scalars:
     raise SystemExit(f'{workdir} has no training and evaluation summaries to plot.')
   # Steps to epochs, from the epochs logged with the training metrics.

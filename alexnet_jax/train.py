@@ -7,12 +7,12 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from clu import parameter_overview, periodic_actions
+from clu import parameter_overview
 from flax.training import train_state
 from jax.experimental import multihost_utils
 
 from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
-                         models, optim, parallel, platform, summaries)
+                         models, optim, parallel, platform, progress, summaries)
 from alexnet_jax import preemption as preemption_lib
 
 
@@ -77,7 +77,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   start_step = int(jax.device_get(state.step))
   _check_space(root, state, config.keep_checkpoints + 2)
 
-  writer = summaries.Summaries(workdir)
+  writer = summaries.Summaries(workdir, write_events=jax.process_index() == 0)
   if start_step == 0:
     parameter_overview.log_parameter_overview(state.params)
     writer.write_hparams(_flat_hparams(config))
@@ -87,16 +87,11 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   train_step = parallel.make_train_step(model, aug, config.seed, mesh)
   eval_step = parallel.make_eval_step(model, aug, mesh, config.eval_ten_crop)
-  hooks = [periodic_actions.ReportProgress(num_train_steps=num_steps, writer=writer,
-                                           every_steps=config.log_every_steps)]
-  if config.profile_steps > 0 and jax.process_index() == 0:
-    hooks.append(periodic_actions.Profile(num_profile_steps=config.profile_steps,
-                                          first_profile=start_step + config.profile_first_step,
-                                          logdir=workdir))
-
-  host_batches = dataset.train_batches(start_step)
-  batches = parallel.prefetch_to_mesh(host_batches, mesh, batch_spec)
-  metrics_log = _MetricsLog(writer, config.global_batch_size, steps_per_epoch, start_step)
+  profile = _Profile(workdir, start_step + config.profile_first_step, config.profile_steps)
+  put = parallel.batch_to_devices(mesh, batch_spec)
+  batches = dataset.train_batches(start_step, put=put)
+  metrics_log = _MetricsLog(writer, steps_per_epoch,
+                            progress.Progress(start_step, num_steps, config.global_batch_size))
   preemption = preemption_lib.PreemptionWatch()
   save_clock = _SaveClock(config.checkpoint_every_minutes)
   eval_metrics = {}
@@ -105,10 +100,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
     """Evaluates the state of `step` and acts on it: summaries, the learning-rate schedule,
     the best checkpoint. False if a preemption cut the evaluation short."""
     nonlocal state, best_error, eval_metrics
-    eval_start = time.monotonic()
-    metrics = evaluate.evaluate(eval_step, [state.params], dataset, mesh, batch_spec,
+    wall, cpu = time.monotonic(), time.thread_time()
+    metrics = evaluate.evaluate(eval_step, [state.params], dataset, put,
                                 should_stop=preemption.should_stop)
-    metrics_log.exclude(time.monotonic() - eval_start)
+    metrics_log.exclude(time.monotonic() - wall, time.thread_time() - cpu)
     if metrics is None:
       return False
     eval_metrics = metrics
@@ -142,11 +137,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         checkpoints.path(start_step))
         return eval_metrics
     for step in range(start_step + 1, num_steps + 1):
+      profile(step)
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, next(batches))
       metrics_log.add(step, metrics)  # device arrays: no host sync until they are logged
-      for hook in hooks:
-        hook(step)
       last, stop = step == num_steps, preemption.should_stop()
       log_now = step % config.log_every_steps == 0
       evaluate_now = step % eval_every == 0 or last
@@ -154,7 +148,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   (log_now and save_clock.due()))
       if log_now or save_now:
         # Before anything is saved, every step since the last check must have been finite.
-        metrics_log.flush(plateau.learning_rate, checkpoints)
+        metrics_log.flush(plateau.learning_rate, checkpoints, report=log_now or last)
       # A preemption before or during the evaluation saves first; the resumed run
       # evaluates this step before it trains on.
       evaluated = evaluate_now and not stop and run_evaluation(step)
@@ -173,13 +167,14 @@ def train_and_evaluate(config, workdir: str) -> dict:
         f'{e} Then run the same command. It resumes from '
         f'{newest or "step 0: no checkpoint is complete yet"}.') from e
   finally:
-    host_batches.close()
+    batches.close()
+    profile.stop()
     preemption.close()
     checkpoints.close()
     if best is not None:
       best.close()
     try:
-      writer.flush()
+      writer.close()
     except errors.StorageError as e:   # stopping anyway: say so, keep the first error
       logging.error('%s', e)
   return eval_metrics
@@ -242,20 +237,22 @@ class _SaveClock:
 
 
 class _MetricsLog:
-  """Training metrics kept on the devices between logs, then checked, averaged and written."""
+  """Training metrics kept on the devices between logs, then checked, averaged and written
+  with the progress since the last log."""
 
-  def __init__(self, writer, global_batch_size: int, steps_per_epoch: int, step: int):
-    self._writer, self._batch, self._steps_per_epoch = writer, global_batch_size, steps_per_epoch
-    self._pending, self._since_step, self._since_time = [], step, time.monotonic()
+  def __init__(self, writer, steps_per_epoch: int, progress_: progress.Progress):
+    self._writer, self._steps_per_epoch, self._progress = writer, steps_per_epoch, progress_
+    self._pending = []
 
   def add(self, step: int, metrics: dict) -> None:
     self._pending.append((step, metrics))
 
-  def exclude(self, seconds: float) -> None:
-    """Leaves time spent outside training (evaluation) out of images/s."""
-    self._since_time += seconds
+  def exclude(self, wall_seconds: float, cpu_seconds: float) -> None:
+    """Leaves time spent outside training (evaluation) out of the rates."""
+    self._progress.exclude(wall_seconds, cpu_seconds)
 
-  def flush(self, learning_rate: float, checkpoints) -> None:
+  def flush(self, learning_rate: float, checkpoints, report: bool = True) -> None:
+    """Checks every pending step; with `report`, writes their means and the progress."""
     if not self._pending:
       return
     steps = [s for s, _ in self._pending]
@@ -269,13 +266,39 @@ class _MetricsLog:
             'it was saved; the last good checkpoint is '
             f'{checkpoints.path(latest) if latest is not None else "none (no checkpoint yet)"}. '
             'Lower --config.learning_rate, or train in float32, and run again.')
-    step, now = steps[-1], time.monotonic()
+    if not report:
+      return
+    step = steps[-1]
     summary = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
-    summary['images_per_sec'] = (step - self._since_step) * self._batch / (now - self._since_time)
+    summary.update(self._progress.report(step))
     summary['learning_rate'] = learning_rate
     summary['epoch'] = step / self._steps_per_epoch
     self._writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
-    self._pending, self._since_step, self._since_time = [], step, now
+    self._pending = []
+
+
+class _Profile:
+  """A trace of `steps` steps from `first` on for TensorBoard's profiler (process 0 only)."""
+
+  def __init__(self, workdir: str, first: int, steps: int):
+    self._workdir, self._first, self._last = workdir, first, first + steps
+    self._enabled, self._running = steps > 0 and jax.process_index() == 0, False
+
+  def __call__(self, step: int) -> None:
+    if not self._enabled:
+      return
+    if step == self._first:
+      jax.profiler.start_trace(self._workdir)
+      self._running = True
+    elif step == self._last:
+      self.stop()
+
+  def stop(self) -> None:
+    if self._running:
+      jax.profiler.stop_trace()
+      self._running = False
+      logging.info('Profile of steps %d-%d written to %s.', self._first, self._last - 1,
+                   self._workdir)
 
 
 def _flat_hparams(config) -> dict:

@@ -12,10 +12,9 @@ import threading
 
 import orbax.checkpoint as ocp
 import pytest
-from clu import metric_writers
 from etils import epath
 
-from alexnet_jax import errors, figures, plot_curves, preemption, train
+from alexnet_jax import errors, figures, plot_curves, preemption, summaries, train
 from alexnet_jax.evaluate_workdirs import evaluate_workdirs
 from tests import gcs_emulator
 from tests.conftest import assert_same_tree, run_config, saved_state
@@ -32,10 +31,11 @@ def storage(tmp_path_factory):
 
 @pytest.fixture
 def local_summaries(tmp_path, monkeypatch):
-  """clu's writer on a local folder: TensorFlow's GCS file system cannot reach the emulator."""
-  create = metric_writers.create_default_writer
-  monkeypatch.setattr(metric_writers, 'create_default_writer',
-                      lambda workdir, **kw: create(str(tmp_path / 'summaries'), **kw))
+  """The event files in a local folder: TensorFlow's GCS file system, which TensorBoard's
+  writer uses where TensorFlow is installed, cannot reach the emulator."""
+  writer = summaries.event_file_writer.EventFileWriter
+  monkeypatch.setattr(summaries.event_file_writer, 'EventFileWriter',
+                      lambda logdir, **kw: writer(str(tmp_path / 'summaries'), **kw))
   return tmp_path / 'summaries'
 
 
@@ -69,13 +69,14 @@ def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_s
   caplog.set_level(logging.INFO)
   assert train.train_and_evaluate(_config(4), RUN) == expected
   assert f'Restored the checkpoint of step 2 from {RUN}/checkpoints' in caplog.text
-  assert _steps(RUN) == [2, 4] and _steps(RUN, 'best') == [4]
+  assert _steps(RUN) == [2, 4] and _steps(RUN, 'best') == _steps(straight, 'best')
   local = saved_state(straight, 4)
   assert_same_tree(_state(RUN, 4, local), local)
   assert list(local_summaries.glob('events.out.tfevents.*'))
 
-  results = evaluate_workdirs(_config(4), [RUN], 'best')
-  assert results[RUN]['step'] == 4 and results[RUN]['top1_error'] == expected['top1_error']
+  results = evaluate_workdirs(_config(4), [RUN, straight], 'best')
+  assert results[RUN]['step'] == results[straight]['step'] == _steps(straight, 'best')[-1]
+  assert results[RUN]['top1_error'] == results[straight]['top1_error']
   paths = figures.make_figures(_config(4), RUN, 'latest', f'{RUN}/figures', num_images=3,
                                pool_size=16)
   for path in paths.values():

@@ -150,8 +150,8 @@ def test_owt_evaluation_on_2x2_counts_every_example_once_as_on_4x1():
     template = train.create_train_state(config, net, mesh).params   # placed as on this mesh
     placed = jax.tree.map(lambda t, p: jax.device_put(p, t.sharding), template, params)
     step = parallel.make_eval_step(net, augment.from_config(config), mesh)
-    results.append(evaluate.evaluate(step, [placed], dataset, mesh,
-                                     parallel.batch_spec(net, mesh)))
+    put = parallel.batch_to_devices(mesh, parallel.batch_spec(net, mesh))
+    results.append(evaluate.evaluate(step, [placed], dataset, put))
   split, whole = results
   assert split['examples'] == whole['examples'] == 13
   assert split['top1_error'] == whole['top1_error'] and split['top5_error'] == whole['top5_error']

@@ -143,16 +143,17 @@ def test_nothing_compiles_after_the_first_steps():
 
   jax.monitoring.register_event_duration_secs_listener(on_event)
   try:
-    batches = parallel.prefetch_to_mesh(dataset.train_batches(0), mesh)
+    put = parallel.batch_to_devices(mesh, parallel.batch_spec(model, mesh))
+    batches = dataset.train_batches(0, put=put)
     state, _ = train_step(state, next(batches))
-    evaluate.evaluate(eval_step, [state.params], dataset, mesh, parallel.batch_spec(model, mesh))
+    evaluate.evaluate(eval_step, [state.params], dataset, put)
     first = len(compiles)
     for step in range(2, 7):
       if step == 4:
         state = state.replace(opt_state=optim.set_learning_rate(state.opt_state, 0.001))
       state, metrics = train_step(state, next(batches))
       jax.device_get(metrics)
-    evaluate.evaluate(eval_step, [state.params], dataset, mesh, parallel.batch_spec(model, mesh))
+    evaluate.evaluate(eval_step, [state.params], dataset, put)
   finally:
     jax.monitoring.unregister_event_duration_listener(on_event)
   assert first >= 2   # the train and eval steps were compiled, and counted

@@ -1,19 +1,27 @@
 """The curve plot reads back what the trainer's writer wrote, and draws it."""
 
-from clu import metric_writers
+import pytest
 
-from alexnet_jax import plot_curves
+from alexnet_jax import plot_curves, summaries
 
 
 def test_scalars_written_by_the_trainer_are_read_back_and_plotted(tmp_path):
-  writer = metric_writers.create_default_writer(str(tmp_path))
+  writer = summaries.Summaries(str(tmp_path))
   for step in (10, 20, 30):
     writer.write_scalars(step, {'train/loss': 3.0 - step / 10, 'train/epoch': step / 10})
   writer.write_scalars(20, {'eval/loss': 1.5, 'eval/top1_error': 0.6, 'eval/top5_error': 0.2})
   writer.flush()
-  scalars = plot_curves.read_scalars(str(tmp_path))
+  scalars = summaries.read_scalars(str(tmp_path))
   assert scalars['train/loss'] == [(10, 2.0), (20, 1.0), (30, 0.0)]
   assert scalars['eval/top1_error'] == [(20, 0.6000000238418579)]
   out = tmp_path / 'curves.png'
   plot_curves.plot(str(tmp_path), str(out))
   assert out.read_bytes()[:8] == b'\x89PNG\r\n\x1a\n' and out.stat().st_size > 10_000
+
+
+def test_scalars_tensorflow_wrote_are_read_too(tmp_path):
+  """Event files of earlier runs, whose scalars TensorFlow's summary writer wrote as tensors."""
+  tf = pytest.importorskip('tensorflow')
+  with tf.summary.create_file_writer(str(tmp_path)).as_default():
+    tf.summary.scalar('eval/top1_error', 0.25, step=7)
+  assert summaries.read_scalars(str(tmp_path)) == {'eval/top1_error': [(7, 0.25)]}

@@ -113,20 +113,19 @@ def test_a_storage_that_cannot_be_reached_is_told_apart_from_a_full_one(error):
 
 def test_a_full_disk_under_the_summaries_stops_the_run_and_the_next_run_loses_nothing(
     tmp_path, monkeypatch):
-  """TensorFlow's event writer meets a full disk at step 4's summaries, before step 4 is
+  """TensorBoard's event writer meets a full disk at step 4's summaries, before step 4 is
   saved: the run stops with a message, checkpoint 2 stays, and a rerun ends where a run that
   never stopped ends."""
-  import tensorflow as tf
-  from clu import metric_writers
-  write_scalars = metric_writers.SummaryWriter.write_scalars
+  from alexnet_jax import summaries
+  writer = summaries.event_file_writer.EventFileWriter
+  add_event = writer.add_event
 
-  def full(writer, step, scalars):
-    if step == 4:
-      raise tf.errors.ResourceExhaustedError(None, None, 'events.out.tfevents.1; No space left '
-                                             'on device')
-    return write_scalars(writer, step, scalars)
+  def full(self, event):
+    if event.step == 4:
+      raise OSError(errno.ENOSPC, 'No space left on device')
+    return add_event(self, event)
 
-  monkeypatch.setattr(metric_writers.SummaryWriter, 'write_scalars', full)
+  monkeypatch.setattr(writer, 'add_event', full)
   workdir = str(tmp_path / 'full')
   with pytest.raises(errors.StorageError) as raised:
     train.train_and_evaluate(_config(6), workdir)
@@ -134,7 +133,7 @@ def test_a_full_disk_under_the_summaries_stops_the_run_and_the_next_run_loses_no
   assert f'The TensorBoard summaries could not be written to {workdir}' in message
   assert 'no space is left on the device' in message
   assert f'It resumes from {workdir}/checkpoints/2' in message
-  monkeypatch.setattr(metric_writers.SummaryWriter, 'write_scalars', write_scalars)
+  monkeypatch.setattr(writer, 'add_event', add_event)
   train.train_and_evaluate(_config(6), workdir)
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(6), straight)

@@ -18,10 +18,9 @@ import dataclasses
 import logging
 import pathlib
 
-import grain
 import numpy as np
 
-from alexnet_jax.data import decode
+from alexnet_jax.data import decode, loader
 from alexnet_jax.errors import DataError
 
 PREFIX = 'image_folder:'
@@ -132,9 +131,8 @@ def open_folder(root, split_names, imagenet_wnid_labels: bool = False) -> Folder
   return Folder(root, tuple(class_names), splits)
 
 
-class FolderSplit(grain.sources.RandomAccessDataSource):
-  """One split of a folder: index -> {'image': uint8 [size, size, 3], 'label': int32}, each
-  file decoded and resized as it is read.
+class FolderSplit(loader.ImageSource):
+  """One split of a folder: its images by index, each file decoded and resized as it is read.
 
   A file that passed the listing's checks but still fails to decode is logged
   with its path and replaced by the next image of the split, so that batches
@@ -142,19 +140,19 @@ class FolderSplit(grain.sources.RandomAccessDataSource):
   """
 
   def __init__(self, paths, labels, size: int):
-    self._paths, self._labels, self._size = paths, labels, size
+    self._paths, self._labels, self.image_size = paths, labels, size
 
   def __len__(self):
     return len(self._paths)
 
-  def __getitem__(self, index):
+  def read_into(self, index, out):
     for offset in range(len(self._paths)):
       i = (index + offset) % len(self._paths)
       try:
-        image = decode.square(pathlib.Path(self._paths[i]).read_bytes(), self._size)
+        out[...] = decode.square(pathlib.Path(self._paths[i]).read_bytes(), self.image_size)
       except (OSError, decode.UndecodableImage) as e:
         logging.warning('Skipping %s: %s; the next image is read in its place.',
                         self._paths[i], e)
         continue
-      return {'image': image, 'label': np.int32(self._labels[i])}
+      return self._labels[i]
     raise DataError(f'No image of {pathlib.Path(self._paths[0]).parent.parent} can be decoded.')

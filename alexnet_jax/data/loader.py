@@ -5,22 +5,26 @@ epoch), every epoch the first `steps_per_epoch * global_batch` images of it.
 Global batch s is positions [s * global_batch, (s + 1) * global_batch) of that
 stream, and host h reads only its block of each, rows [h * host_batch,
 (h + 1) * host_batch): the global batch, and so the training, does not depend
-on how many hosts read it. Elements are read by index, so a run resumed at
-step s starts reading at step s, reading no record before it.
+on how many hosts read it. A batch is a function of its step alone, so a run
+resumed at step s starts reading at step s, reading no record before it.
 
 Evaluation reads the whole split once, in order, padded with mask-0 examples to
 a whole number of global batches: every image counts once, and every host runs
 the same number of eval steps.
 
-Decoding runs on `threads` threads (JPEG decoding releases Python's lock), in the
-trainer's process or in each of `workers` processes (grain's `mp_prefetch`), each
-thread making whole host batches. Threads cost least per image: a process must
-copy its batches to the trainer through shared memory (on 2 cores, 3,900 images/s
-per core on threads against 2,500 in one process; BENCHMARKS.md). Processes pay
-on hosts with many cores, where one process's Python bookkeeping would become
-the limit.
+grain's elements are whole host batches: each of `threads` threads (JPEG
+decoding releases Python's lock) works out a batch's examples and decodes them
+straight into the batch's array, with no array per image and no stacking; the
+shuffle is one permutation per epoch, not a computation per image. With
+`workers` decoding processes (grain's `mp_prefetch`), each process decodes into
+a ring of shared-memory slots that the trainer reads where they lie
+(`shared_batches.py`), so a process costs what a thread costs.
+
+Given `put` (host batch -> device batch), a background thread calls it on each
+batch two steps ahead, so the training thread only dispatches steps.
 """
 
+import abc
 import dataclasses
 import functools
 import math
@@ -33,23 +37,43 @@ import grain
 import numpy as np
 from absl import flags
 
+from alexnet_jax.data import shared_batches
 from alexnet_jax.errors import DataError
+
+# Batches on the devices ahead of the step (with `put`).
+DEVICE_PREFETCH = 2
+# Slots of a worker's ring beyond its threads' own: grain's queue between the processes, the
+# trainer's buffer of each worker's batches, the batch being copied to the devices, one spare.
+_RING_SPARE_SLOTS = 4
+
+
+class ImageSource(abc.ABC):
+  """A split's square uint8 images by index, each decoded into an array it is given."""
+  image_size: int
+
+  @abc.abstractmethod
+  def __len__(self) -> int:
+    ...
+
+  @abc.abstractmethod
+  def read_into(self, index: int, out: np.ndarray) -> int:
+    """Writes image `index` into `out` (uint8 [S, S, 3]) and returns its label."""
+
+  def __getitem__(self, index: int) -> dict:
+    image = np.empty((self.image_size, self.image_size, 3), np.uint8)
+    return {'image': image, 'label': np.int32(self.read_into(int(index), image))}
 
 
 @dataclasses.dataclass(frozen=True)
 class Split:
-  """A random-access source of {'image': uint8 [S, S, 3], 'label'} and the slice [start, stop)
-  of it that is the split."""
-  source: grain.sources.RandomAccessDataSource
+  """An image source and the slice [start, stop) of it that is the split."""
+  source: ImageSource
   start: int
   stop: int
 
   @property
   def examples(self) -> int:
     return self.stop - self.start
-
-  def dataset(self) -> grain.MapDataset:
-    return _sliced(grain.MapDataset.source(self.source), self.start, self.stop)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,12 +84,13 @@ class Data:
   eval_examples: int        # the whole validation split, all hosts together
   steps_per_epoch: int
   eval_steps: int           # batches per evaluation pass, the same on every host
-  # train_batches(start_step): this host's batches of steps start_step + 1, start_step + 2, ...
-  # A function of the seed and the step alone: a resumed run reads what the interrupted
-  # one would have read.
-  train_batches: Callable[[int], Iterator[dict]]
-  # eval_batches(): one pass over this host's share of the validation split.
-  eval_batches: Callable[[], Iterator[dict]]
+  # train_batches(start_step, put=None): this host's batches of steps start_step + 1,
+  # start_step + 2, ... A function of the seed and the step alone: a resumed run reads what
+  # the interrupted one would have read. With `put`, put(batch) of each, made ahead on a
+  # background thread.
+  train_batches: Callable[..., Iterator[dict]]
+  # eval_batches(put=None): one pass over this host's share of the validation split.
+  eval_batches: Callable[..., Iterator[dict]]
   class_names: tuple[str, ...] = ()
 
 
@@ -85,25 +110,81 @@ def cores() -> int:
 
 def auto_resources(workers: int = -1, threads: int = -1) -> tuple[int, int]:
   """(workers, threads); -1 picks: a decoding process per 8 cores (none below 8 cores), and
-  threads to use every core."""
+  threads for every core but one, which the training thread and the copies to the devices
+  keep."""
   if workers < 0:
     workers = cores() // 8
   if threads < 0:
-    threads = max(1, cores() // max(1, workers))
+    threads = max(1, (cores() - 1) // max(1, workers))
   return workers, threads
 
 
-class _Padded:
-  """Eval element i: example i of the split (mask 1), or padding (mask 0) past its end."""
+class _HostBatches:
+  """Host batch b of the training stream (`seed` given) or of the eval pass (in order, padded
+  and masked): which examples it holds, decoded into one array."""
 
-  def __init__(self, split: grain.MapDataset, size: int):
-    self._split, self._size = split, size
+  def __init__(self, split: Split, *, image_size: int, global_batch: int, host_batch: int,
+               host_index: int, steps_per_epoch: int, seed: int | None = None):
+    self.split, self.image_size, self.seed = split, image_size, seed   # seed None: eval
+    self.global_batch, self.host_batch, self.host_index = global_batch, host_batch, host_index
+    self.steps_per_epoch = steps_per_epoch
+    self._orders, self._lock = {}, threading.Lock()
 
-  def __call__(self, index):
-    if index < len(self._split):
-      return {**self._split[index], 'mask': np.float32(1)}
-    return {'image': np.zeros((self._size, self._size, 3), np.uint8), 'label': np.int32(0),
-            'mask': np.float32(0)}
+  def __getstate__(self):   # sent to the decoding processes without its lock and cache
+    state = dict(self.__dict__)
+    del state['_orders'], state['_lock']
+    return state
+
+  def __setstate__(self, state):
+    self.__dict__.update(state, _orders={}, _lock=threading.Lock())
+
+  @property
+  def layout(self) -> shared_batches.Layout:
+    fields = [('image', (self.host_batch, self.image_size, self.image_size, 3), np.uint8),
+              ('label', (self.host_batch,), np.int32)]
+    if self.seed is None:
+      fields.append(('mask', (self.host_batch,), np.float32))
+    return shared_batches.Layout(tuple(fields))
+
+  def _epoch_order(self, epoch: int) -> np.ndarray:
+    """The split's examples in epoch `epoch`'s order: a function of (seed, epoch)."""
+    with self._lock:
+      if epoch not in self._orders:
+        self._orders.clear()   # epochs are read in turn: one is enough
+        rng = np.random.default_rng([self.seed, epoch])
+        self._orders[epoch] = rng.permutation(self.split.examples)
+      return self._orders[epoch]
+
+  def examples(self, b: int) -> tuple[np.ndarray, np.ndarray]:
+    """(indices into the source, whether each row is an example rather than padding)."""
+    rows = self.host_index * self.host_batch + np.arange(self.host_batch)
+    if self.seed is None:
+      positions = b * self.global_batch + rows
+      real = positions < self.split.examples
+      return self.split.start + np.where(real, positions, 0), real
+    epoch, step = divmod(b, self.steps_per_epoch)
+    order = self._epoch_order(epoch)
+    return self.split.start + order[step * self.global_batch + rows], np.ones(len(rows), bool)
+
+  def __call__(self, b: int) -> dict:
+    indices, real = self.examples(b)
+    ring = shared_batches.worker_ring()
+    if ring is None:
+      batch = {name: np.empty(shape, dtype) for name, shape, dtype in self.layout.fields}
+    else:
+      slot, batch = ring.claim()
+    images, labels = batch['image'], batch['label']
+    for row, (index, is_example) in enumerate(zip(indices.tolist(), real.tolist())):
+      if is_example:
+        labels[row] = self.split.source.read_into(index, images[row])
+      else:
+        images[row] = 0
+        labels[row] = 0
+    if 'mask' in batch:
+      batch['mask'][:] = real
+    if ring is None:
+      return batch
+    return {'ring': ring.index, 'slot': slot}   # grain carries the number, not the pixels
 
 
 def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, image_size: int,
@@ -124,35 +205,16 @@ def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, i
   if evaluation.examples == 0:
     raise DataError(f'The validation split of {name} has no examples.')
   eval_steps = math.ceil(evaluation.examples / global_batch)
+  common = dict(image_size=image_size, global_batch=global_batch, host_batch=host_batch,
+                host_index=reading.process_index, steps_per_epoch=steps_per_epoch)
 
-  def iterate(batches: grain.MapDataset) -> Iterator[dict]:
-    batches = batches.to_iter_dataset(grain.ReadOptions(num_threads=reading.threads,
-                                                        prefetch_buffer_size=reading.threads))
-    if reading.workers > 0:
-      # grain's worker processes read its absl flags: outside an absl app (argparse
-      # commands, tests) they keep their defaults.
-      if not flags.FLAGS.is_parsed():
-        flags.FLAGS.mark_as_parsed()
-      batches = batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=reading.workers),
-                                    worker_init_fn=functools.partial(_exit_with_parent,
-                                                                     os.getpid()))
-    iterator = iter(batches)
-    try:
-      yield from iterator
-    finally:
-      if hasattr(iterator, 'close'):
-        iterator.close()   # ends the worker processes now rather than at garbage collection
+  def train_batches(start_step: int, put=None) -> Iterator[dict]:
+    batches = _HostBatches(train, seed=seed, **common)
+    return _iterate(batches, grain.MapDataset.range(start_step, 2**62), reading, put)
 
-  def train_batches(start_step: int) -> Iterator[dict]:
-    epoch = train.dataset().shuffle(seed=_shuffle_seed(seed))   # reshuffled each epoch
-    epochs = _sliced(epoch, 0, steps_per_epoch * global_batch).repeat()
-    host_batches = _hosts_rows(epochs.batch(host_batch), reading)
-    return iterate(_sliced(host_batches, start_step, None))
-
-  def eval_batches() -> Iterator[dict]:
-    padded = grain.MapDataset.range(eval_steps * global_batch).map(
-        _Padded(evaluation.dataset(), image_size))
-    return iterate(_hosts_rows(padded.batch(host_batch), reading))
+  def eval_batches(put=None) -> Iterator[dict]:
+    batches = _HostBatches(evaluation, **common)
+    return _iterate(batches, grain.MapDataset.range(eval_steps), reading, put)
 
   return Data(num_classes=num_classes, image_size=image_size, train_examples=train.examples,
               eval_examples=evaluation.examples, steps_per_epoch=steps_per_epoch,
@@ -160,24 +222,50 @@ def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, i
               class_names=tuple(class_names))
 
 
-def _sliced(ds: grain.MapDataset, start: int, stop: int | None) -> grain.MapDataset:
-  """ds[start:stop]; ds itself when that is all of it (each slice costs a little per image)."""
-  if start == 0 and (stop is None or stop == len(ds)):
-    return ds
-  return ds.slice(slice(start, stop))
+def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
+             put) -> Iterator[dict]:
+  dataset = numbers.map(batches).to_iter_dataset(
+      grain.ReadOptions(num_threads=reading.threads, prefetch_buffer_size=reading.threads))
+  rings = []
+  if reading.workers > 0:
+    rings = [shared_batches.Ring(i, batches.layout, slots=reading.threads + _RING_SPARE_SLOTS,
+                                 lendable=_RING_SPARE_SLOTS)
+             for i in range(reading.workers)]
+    # grain's worker processes read its absl flags: outside an absl app (argparse
+    # commands, tests) they keep their defaults.
+    if not flags.FLAGS.is_parsed():
+      flags.FLAGS.mark_as_parsed()
+    dataset = dataset.mp_prefetch(
+        grain.MultiprocessingOptions(num_workers=reading.workers),
+        worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in rings]))
+    dataset = dataset.map(lambda handle: rings[handle['ring']].lend(handle['slot']))
+  if put is not None:
+    dataset = grain.experimental.ThreadPrefetchIterDataset(
+        dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH)
+  return _closing(iter(dataset), rings)
 
 
-def _hosts_rows(host_batches: grain.MapDataset, reading: Reading) -> grain.MapDataset:
-  """This host's block of each global batch: every process_count-th host batch."""
-  if reading.process_count == 1:
-    return host_batches
-  return host_batches.slice(slice(reading.process_index, None, reading.process_count))
+def _closing(iterator, rings) -> Iterator[dict]:
+  try:
+    for batch in iterator:   # not `yield from`, which would close `iterator` before the rings
+      yield batch
+  finally:
+    # A worker waiting for a free slot wakes to the end of its free list, and stops.
+    for ring in rings:
+      ring.close()
+    iterator.close()   # ends the worker processes now rather than at garbage collection
 
 
-def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> None:
+def _start_worker(parent_pid: int, rings, worker_index: int, worker_count: int) -> None:
+  """In each decoding process: its ring of shared batches, and an end with the trainer."""
+  del worker_count
+  shared_batches.attach(rings[worker_index])
+  _exit_with_parent(parent_pid)
+
+
+def _exit_with_parent(parent_pid: int) -> None:
   """Ends this worker process when the trainer that started it is gone, even killed with
   SIGKILL (then nothing tells the workers to stop)."""
-  del worker_index, worker_count
 
   def watch():
     while os.getppid() == parent_pid:
@@ -185,8 +273,3 @@ def _exit_with_parent(parent_pid: int, worker_index: int, worker_count: int) -> 
     os._exit(0)
 
   threading.Thread(target=watch, daemon=True, name='exit_with_parent').start()
-
-
-def _shuffle_seed(seed: int) -> int:
-  """grain's shuffle takes a seed in [0, 2**32)."""
-  return int(np.random.SeedSequence([seed, 0x5eed]).generate_state(1)[0])

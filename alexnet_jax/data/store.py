@@ -23,6 +23,7 @@ import numpy as np
 import simplejpeg
 from etils import epath
 
+from alexnet_jax.data import loader
 from alexnet_jax.errors import DataError
 
 METADATA = 'metadata.json'
@@ -46,13 +47,21 @@ def encode_record(label: int, image: np.ndarray, encoding: str, quality: int) ->
   return _LABEL.pack(label) + payload
 
 
-def decode_record(record: bytes, encoding: str, size: int) -> tuple[np.ndarray, int]:
+def decode_record_into(record: bytes, encoding: str, out: np.ndarray) -> int:
+  """Writes the record's image into `out` (uint8 [S, S, 3]); returns its label."""
   (label,) = _LABEL.unpack_from(record)
   if encoding == 'jpeg':
-    image = simplejpeg.decode_jpeg(record[_LABEL.size:], colorspace='RGB')
+    try:
+      shape = simplejpeg.decode_jpeg(memoryview(record)[_LABEL.size:], colorspace='RGB',
+                                     buffer=out).shape
+    except ValueError as e:   # among others, an image larger than `out`
+      shape = e
+    if shape != out.shape:
+      raise DataError(f'A stored image does not decode to {out.shape} ({shape}): the store is '
+                      'damaged; prepare it again.')
   else:
-    image = np.frombuffer(record, np.uint8, offset=_LABEL.size).reshape(size, size, 3)
-  return image, label
+    out[...] = np.frombuffer(record, np.uint8, offset=_LABEL.size).reshape(out.shape)
+  return label
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,12 +85,12 @@ class Store:
     return StoreSplit(paths, self.encoding, self.image_size, self.examples(split))
 
 
-class StoreSplit(grain.sources.RandomAccessDataSource):
-  """One split of a store: index -> {'image': uint8 [S, S, 3], 'label': int32}."""
+class StoreSplit(loader.ImageSource):
+  """One split of a store: its images by index."""
 
   def __init__(self, paths: list[str], encoding: str, size: int, examples: int):
     self._records = grain.sources.ArrayRecordDataSource(paths)
-    self._encoding, self._size = encoding, size
+    self._encoding, self.image_size = encoding, size
     if len(self._records) != examples:
       raise DataError(f'The store shards {paths[0]}... hold {len(self._records)} images, its '
                       f'metadata says {examples}: prepare the store again.')
@@ -89,9 +98,12 @@ class StoreSplit(grain.sources.RandomAccessDataSource):
   def __len__(self):
     return len(self._records)
 
-  def __getitem__(self, index):
-    image, label = decode_record(self._records[index], self._encoding, self._size)
-    return {'image': image, 'label': np.int32(label)}
+  def record(self, index: int) -> bytes:
+    """Record `index` as stored: its label, then its encoded image."""
+    return self._records[index]
+
+  def read_into(self, index, out):
+    return decode_record_into(self._records[index], self._encoding, out)
 
 
 def is_complete(path) -> bool:

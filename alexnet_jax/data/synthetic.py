@@ -8,8 +8,9 @@ the same whichever host or worker makes it, and whatever the run's seed, so
 runs of different seeds train and evaluate on the same images.
 """
 
-import grain
 import numpy as np
+
+from alexnet_jax.data import loader
 
 TRAIN, EVAL = 0, 1
 
@@ -39,8 +40,8 @@ def make_images(rng: np.random.Generator, labels: np.ndarray, size: int,
   return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
-class SyntheticSplit(grain.sources.RandomAccessDataSource):
-  """`examples` generated images: index -> {'image': uint8 [size, size, 3], 'label': int32}.
+class SyntheticSplit(loader.ImageSource):
+  """`examples` generated images, by index.
 
   Example i is of class i mod `num_classes`. Images are made a block of
   `BLOCK` at a time, from a generator seeded by (split, block), and kept: after
@@ -50,7 +51,7 @@ class SyntheticSplit(grain.sources.RandomAccessDataSource):
 
   def __init__(self, split: int, examples: int, size: int, num_classes: int):
     self._split, self._examples = split, examples
-    self._size, self._num_classes = size, num_classes
+    self.image_size, self._num_classes = size, num_classes
     self._blocks = {}
 
   def __len__(self):
@@ -61,10 +62,10 @@ class SyntheticSplit(grain.sources.RandomAccessDataSource):
       first = block * self.BLOCK
       labels = np.arange(first, min(first + self.BLOCK, self._examples)) % self._num_classes
       self._blocks[block] = make_images(np.random.default_rng([self._split, block]), labels,
-                                        self._size, self._num_classes)
+                                        self.image_size, self._num_classes)
     return self._blocks[block]
 
-  def __getitem__(self, index):
+  def read_into(self, index, out):
     block, offset = divmod(int(index), self.BLOCK)
-    return {'image': self._block(block)[offset],
-            'label': np.int32(index % self._num_classes)}
+    out[...] = self._block(block)[offset]
+    return index % self._num_classes

@@ -1,0 +1,134 @@
+"""Decoding processes write into rings of shared slots: the trainer sees the batches threads
+make, slots are reused without a batch being overwritten while it is held, and nothing is
+left in /dev/shm."""
+
+import errno
+import os
+import threading
+
+import jax
+import numpy as np
+import pytest
+
+from alexnet_jax import errors, parallel
+from alexnet_jax.data import loader, shared_batches, synthetic
+
+
+def _data(workers: int, threads: int, batch: int = 8, examples: int = 40):
+  split = loader.Split(synthetic.SyntheticSplit(synthetic.TRAIN, examples, 24, 5), 0, examples)
+  return loader.make_data(split, split, name='synthetic', num_classes=5, image_size=24,
+                          global_batch=batch, seed=3,
+                          reading=loader.Reading(workers=workers, threads=threads))
+
+
+def _segments() -> set[str]:
+  """Shared-memory segments (multiprocessing's semaphores live beside them: not those)."""
+  if not os.path.isdir('/dev/shm'):
+    return set()
+  return {name for name in os.listdir('/dev/shm') if not name.startswith('sem.')}
+
+
+def test_held_batches_stay_whole_while_processes_reuse_their_slots():
+  """Three times as many batches as the rings have slots, every one kept: the first ones are
+  lent, the rest copied, and all equal what threads in this process read."""
+  before = _segments()
+  ring_slots = 1 + loader._RING_SPARE_SLOTS
+  count = 3 * 2 * ring_slots
+  expected = [next(stream) for stream in [_data(0, 2).train_batches(5)] for _ in range(count)]
+  stream = _data(2, 1).train_batches(5)
+  try:
+    held = [next(stream) for _ in range(count)]
+  finally:
+    stream.close()
+  for got, want in zip(held, expected, strict=True):
+    np.testing.assert_array_equal(got['image'], want['image'])
+    np.testing.assert_array_equal(got['label'], want['label'])
+  assert len({b['image'].tobytes() for b in held}) == count   # no two batches alike
+  del held
+  assert _segments() == before   # the rings' segments are unlinked
+
+
+def test_a_padded_eval_pass_from_processes_equals_one_from_threads():
+  data_threads, data_processes = _data(0, 1, examples=21), _data(2, 1, examples=21)
+  want, got = list(data_threads.eval_batches()), list(data_processes.eval_batches())
+  assert len(got) == len(want) == 3
+  for g, w in zip(got, want):
+    for key in ('image', 'label', 'mask'):
+      np.testing.assert_array_equal(g[key], w[key])
+  assert sum(b['mask'].sum() for b in got) == 21
+
+
+def test_a_slot_returns_to_its_worker_when_the_last_array_viewing_it_is_gone():
+  layout = shared_batches.Layout((('image', (2, 4, 4, 3), np.uint8),
+                                  ('label', (2,), np.int32)))
+  ring = shared_batches.Ring(0, layout, slots=2, lendable=1)
+  try:
+    worker = shared_batches.WorkerRing(ring.handle)
+    slot, arrays = worker.claim()
+    arrays['image'][:] = 7
+    lent = ring.lend(slot)
+    image = lent['image'][1]              # a view of a view keeps the slot out
+    del lent, arrays
+    other, arrays = worker.claim()
+    assert other != slot                  # the only free slot left
+    arrays['image'][:] = 9
+    copied = ring.lend(other)             # past `lendable`: a copy, and the slot freed at once
+    again, arrays = worker.claim()
+    assert again == other
+    arrays['image'][:] = 5
+    assert (copied['image'] == 9).all() and (image == 7).all()
+    del image                             # the last view of `slot`: it is free again
+    assert worker.claim()[0] == slot
+  finally:
+    ring.close()
+
+
+def test_a_full_dev_shm_is_refused_with_what_to_do(monkeypatch):
+  if not os.path.isdir('/dev/shm'):
+    pytest.skip('no /dev/shm on this system')
+
+  def full(fd, offset, length):
+    raise OSError(errno.ENOSPC, 'No space left on device')
+
+  monkeypatch.setattr(shared_batches.os, 'posix_fallocate', full)
+  before = _segments()
+  layout = shared_batches.Layout((('image', (8, 16, 16, 3), np.uint8),))
+  with pytest.raises(errors.DataError, match=r'--shm-size.*--config.data_workers=0'):
+    shared_batches.Ring(0, layout, slots=4, lendable=2)
+  assert _segments() == before
+
+
+def test_batches_reach_the_devices_on_another_thread_two_steps_ahead():
+  mesh = parallel.make_mesh()
+  put = parallel.batch_to_devices(mesh)
+  threads, calls = set(), []
+
+  def recording_put(batch):
+    threads.add(threading.get_ident())
+    calls.append(int(batch['label'][0]))
+    return put(batch)
+
+  stream = _data(0, 1).train_batches(0, put=recording_put)
+  try:
+    first = next(stream)
+    assert isinstance(first['image'], jax.Array)
+    assert first['image'].sharding.is_equivalent_to(
+        jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('batch')), 4)
+    for _ in range(100):   # the background thread fills its queue while nothing is taken
+      if len(calls) >= 1 + loader.DEVICE_PREFETCH:
+        break
+      threading.Event().wait(0.05)
+    assert len(calls) >= 1 + loader.DEVICE_PREFETCH
+  finally:
+    stream.close()
+  assert threads and threading.get_ident() not in threads
+
+
+def test_batches_staged_in_pinned_host_memory_arrive_unchanged():
+  mesh = parallel.make_mesh()
+  host = next(_data(0, 1).train_batches(0))
+  direct = parallel.batch_to_devices(mesh, staging='none')(host)
+  pinned = parallel.batch_to_devices(mesh, staging='pinned')(host)
+  for key in host:
+    np.testing.assert_array_equal(np.asarray(pinned[key]), host[key])
+    assert pinned[key].sharding == direct[key].sharding   # on the devices, as the step takes it
