@@ -1,53 +1,65 @@
 """The training loop's real speed: input and step together, beside each alone.
 
   python -m alexnet_jax.benchmark_loop --store=~/alexnet_jax_data/imagenet2012
-  python -m alexnet_jax.benchmark_loop --fullsize_from=../shared/data/imagenette/train \\
-      --work=/tmp/fullsize --images=4000
+  python -m alexnet_jax.benchmark_loop --photo_like=4000 --input_only
 
 Rows, all on the same model, batch and devices:
-- input alone: the loader (`alexnet_jax/data/loader.py`) reading host batches of
-  stored images from a prepared store, decoded by its worker processes;
-- with `--folder` (or `--fullsize_from`), the same loader reading a folder of
-  JPEGs, each decoded and resized as it is read (what a run without a store does);
+- decode alone: the store's JPEGs decoded in a loop on one core, each into the
+  same array (libjpeg-turbo alone: what a core can do at best);
+- input alone: the loader (`alexnet_jax/data/loader.py`) reading host batches
+  of stored images, for each `--readings` (decoding processes x threads),
+  measured in turns (`--rounds`) so that a busy machine slows each alike;
+- with `--folder`, the same loader reading a folder of JPEGs, each decoded and
+  resized as it is read (what a run without a store does);
 - step alone: the trainer's train step (`parallel.make_train_step`, the paper's
   augmentation on the device) on a batch already on the devices;
-- the loop: the loader's batches copied to the devices and trained on, as the
-  trainer does it.
+- the loop: the loader's batches copied to the devices on its background
+  thread and trained on, as the trainer does it, with the trainer's decoding
+  resources (`--workers`, `--threads`).
 
-For each: images/s, the cores used (CPU time of this process and its worker
-processes over wall time) and images/s per core used. `--fullsize_from` first
-makes a set of full-size JPEGs (each image of the folder upscaled to 500x375,
-ImageNet's typical size, at quality 90) and prepares a 256x256 store of it.
+For each: images/s, the cores used (CPU time of this process and its decoding
+processes over wall time), images/s per core used, and for the step and the
+loop the CPU time the training thread spent per step. Measure the input on
+real photos: images upscaled from small ones are smooth, and their JPEGs
+decode up to 1.7 times faster. Without a store of real photos,
+`--photo_like=N` makes N full-size images whose JPEGs are as large as real
+photos' (20 to 27 KB at 256x256, quality 90) and prepares a store of them.
 Imports no TensorFlow, clu or ml_collections: it runs on an accelerator host
 that has only JAX and the loader's wheels (grain, array_record, simplejpeg).
 """
 
 import argparse
+import concurrent.futures
+import multiprocessing
 import os
 import pathlib
 import resource
+import statistics
 import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import simplejpeg
 
-from alexnet_jax import benchmark, models, optim, parallel
+from alexnet_jax import benchmark, models, optim, parallel, platform
 from alexnet_jax.data import image_folder, loader, prepare, store, synthetic
 
 FULL_SIZE = (500, 375)   # (width, height) of a typical ImageNet photo
 
 
 class _Clock:
-  """Wall time and CPU time of this process and its live child processes."""
+  """Wall time and CPU time of this process and its live child processes, and of the
+  calling thread alone."""
 
   def __enter__(self):
-    self._wall, self._cpu = time.perf_counter(), _cpu_seconds()
+    self._wall, self._cpu, self._thread = time.perf_counter(), _cpu_seconds(), time.thread_time()
     return self
 
   def stop(self):
     self.wall = time.perf_counter() - self._wall
     self.cores = (_cpu_seconds() - self._cpu) / self.wall
+    self.thread = time.thread_time() - self._thread
 
   def __exit__(self, *exc):
     if not hasattr(self, 'wall'):
@@ -84,31 +96,93 @@ def _descendants(pid: int) -> list[int]:
   return found
 
 
-def make_fullsize_folder(source: str, out: pathlib.Path, images: int) -> pathlib.Path:
-  """OUT/train/<class>/: the first `images` JPEGs under `source` (a train split's class
-  folders), each upscaled to 500x375 and saved at quality 90."""
-  from PIL import Image
-  paths = sorted(p for p in pathlib.Path(source).glob('*/*') if p.suffix.lower() in
-                 image_folder.SUFFIXES)[:images]
-  for path in paths:
-    target = out / 'train' / path.parent.name / (path.stem + '.jpg')
-    if not target.exists():
-      target.parent.mkdir(parents=True, exist_ok=True)
-      with Image.open(path) as image:
-        image.convert('RGB').resize(FULL_SIZE, Image.BICUBIC).save(target, quality=90)
+def photo_like(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+  """uint8 [height, width, 3]: coloured noise with a photo's 1/f^beta spectrum.
+
+  beta is drawn from [2.4, 3.4]: at 256x256 and quality 90 the JPEGs then weigh 13 to
+  27 KB, as real photos' do (a median of 19.5 KB over ImageNet's one image per class),
+  and decode as fast.
+  """
+  beta = rng.uniform(2.4, 3.4)
+  fy, fx = np.fft.fftfreq(height)[:, None], np.fft.rfftfreq(width)[None, :]
+  frequency = np.sqrt(fx ** 2 + fy ** 2)
+  frequency[0, 0] = 1.0
+  amplitude = frequency ** (-beta / 2)
+  shared = None
+  channels = []
+  for _ in range(3):   # the channels of a photo go together: a shared part and one of each
+    noise = np.fft.irfft2(amplitude * (rng.standard_normal(amplitude.shape) +
+                                       1j * rng.standard_normal(amplitude.shape)),
+                          s=(height, width))
+    shared = noise if shared is None else shared
+    channels.append(noise if len(channels) == 0 else 0.8 * shared + 0.45 * noise)
+  image = np.stack(channels, -1)
+  image = 120 + 55 * (image - image.mean()) / image.std() + rng.normal(0, 3, image.shape)
+  return np.clip(image, 0, 255).astype(np.uint8)
+
+
+def _write_photo_like(path: pathlib.Path, seed: int) -> None:
+  image = photo_like(np.random.default_rng(seed), FULL_SIZE[1], FULL_SIZE[0])
+  path.write_bytes(simplejpeg.encode_jpeg(image, quality=90, colorspace='RGB'))
+
+
+def make_photo_like_folder(out: pathlib.Path, train: int, validation: int,
+                           classes: int = 10) -> pathlib.Path:
+  """OUT/train/<class>/ and OUT/val/<class>/ of full-size photo-like JPEGs (quality 90),
+  made on every core; files already there are kept."""
+  jobs = []
+  for split, count, first_seed in (('train', train, 0), ('val', validation, 10**6)):
+    for i in range(count):
+      path = out / split / f'class_{i % classes:02d}' / f'{i:06d}.jpg'
+      if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        jobs.append((path, first_seed + i))
+  context = multiprocessing.get_context('spawn')   # no fork of a process holding threads
+  with concurrent.futures.ProcessPoolExecutor(loader.cores(), mp_context=context) as pool:
+    list(pool.map(_write_photo_like, *zip(*jobs), chunksize=16) if jobs else [])
   return out
 
 
-def _data(split: loader.Split, size: int, batch: int, workers: int, threads: int):
+def prepare_photo_like(work: pathlib.Path, images: int, size: int) -> pathlib.Path:
+  """A store of `images` photo-like training images (and a tenth as many for validation)
+  under `work`; made once."""
+  path = work / f'store_{images}_{size}'
+  if not store.is_complete(path):
+    start = time.perf_counter()
+    folder = make_photo_like_folder(work / f'photo_like_{images}', images, max(64, images // 10))
+    made = time.perf_counter() - start
+    prepare.prepare(f'image_folder:{folder}', str(path), prepare.Options(size=size),
+                    progress=False)
+    print(f'Made {images:,} photo-like {FULL_SIZE[0]}x{FULL_SIZE[1]} JPEGs in {made:.0f} s and '
+          f'prepared them into {path} in {time.perf_counter() - start - made:.0f} s.',
+          flush=True)
+  return path
+
+
+def _records(split: store.StoreSplit, count: int) -> list[bytes]:
+  return [split.record(i) for i in range(min(count, len(split)))]
+
+
+def decode_alone(split: store.StoreSplit, images: int) -> tuple[float, float]:
+  """(images/s, cores used) of libjpeg-turbo decoding the store's JPEGs on this thread."""
+  records = _records(split, images)
+  out = np.empty((split.image_size, split.image_size, 3), np.uint8)
+  with _Clock() as clock:
+    for record in records:
+      store.decode_record_into(record, 'jpeg', out)
+    clock.stop()
+  return len(records) / clock.wall, clock.cores
+
+
+def _data(split: loader.Split, size: int, batch: int, reading: loader.Reading):
   return loader.make_data(split, split, name='benchmark', num_classes=1000, image_size=size,
-                          global_batch=batch, seed=0,
-                          reading=loader.Reading(workers=workers, threads=threads))
+                          global_batch=batch, seed=0, reading=reading)
 
 
-def input_alone(split: loader.Split, size: int, batch: int, workers: int, threads: int,
-                steps: int, warmup: int):
+def input_alone(split: loader.Split, size: int, batch: int, reading: loader.Reading,
+                steps: int, warmup: int) -> tuple[float, float]:
   """(images/s, cores used) of the loader alone."""
-  stream = _data(split, size, batch, workers, threads).train_batches(0)
+  stream = _data(split, size, batch, reading).train_batches(0)
   try:
     for _ in range(warmup):
       next(stream)
@@ -124,18 +198,18 @@ def input_alone(split: loader.Split, size: int, batch: int, workers: int, thread
 class Step:
   """The trainer's train step for one model on all local devices."""
 
-  def __init__(self, args, image_size: int):
+  def __init__(self, model: str, width: float, dtype: str, image_size: int):
     self.mesh = parallel.make_mesh(jax.local_devices())
-    self.model = models.AlexNet(num_classes=1000, variant=args.model, width=args.width,
-                                dtype=jnp.dtype(args.dtype))
+    self.model = models.AlexNet(num_classes=1000, variant=model, width=width,
+                                dtype=jnp.dtype(dtype))
     self.state = parallel.init_train_state(self.model, optim.paper_sgd(0.01), image_size, 0,
                                            self.mesh)
     self.spec = parallel.batch_spec(self.model, self.mesh)
     self.step = parallel.make_train_step(self.model, benchmark.augmentation(image_size), 0,
                                          self.mesh)
 
-  def run(self, batches, steps: int, warmup: int):
-    """(images/s, cores used) of `steps` steps on `batches` (an iterator of device batches)."""
+  def run(self, batches, steps: int, warmup: int) -> _Clock:
+    """`steps` steps on `batches` (an iterator of device batches), timed."""
     for _ in range(warmup):
       self.state, metrics = self.step(self.state, next(batches))
     jax.block_until_ready(self.state)
@@ -148,98 +222,128 @@ class Step:
 
 
 def step_alone(step: Step, size: int, batch: int, steps: int, warmup: int):
+  """(images/s, cores used, training thread's CPU ms per step)."""
   rng = np.random.default_rng(0)
   on_devices = parallel.shard_batch({
       'image': rng.integers(0, 256, (batch, size, size, 3), np.uint8),
       'label': rng.integers(0, 1000, (batch,), np.int32)}, step.mesh, step.spec)
   clock = step.run(iter(lambda: on_devices, None), steps, warmup)
-  return steps * batch / clock.wall, clock.cores
+  return steps * batch / clock.wall, clock.cores, 1000 * clock.thread / steps
 
 
-def loop(step: Step, split: loader.Split, size: int, batch: int, workers: int, threads: int,
-         steps: int, warmup: int):
-  host = _data(split, size, batch, workers, threads).train_batches(0)
+def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader.Reading,
+         steps: int, warmup: int, staging: str = 'auto'):
+  """(images/s, cores used, training thread's CPU ms per step) of the loader's batches,
+  copied to the devices on its background thread, trained on."""
+  put = parallel.batch_to_devices(step.mesh, step.spec, staging)
+  batches = _data(split, size, batch, reading).train_batches(0, put=put)
   try:
-    clock = step.run(parallel.prefetch_to_mesh(host, step.mesh, step.spec), steps, warmup)
+    clock = step.run(batches, steps, warmup)
   finally:
-    host.close()
-  return steps * batch / clock.wall, clock.cores
+    batches.close()
+  return steps * batch / clock.wall, clock.cores, 1000 * clock.thread / steps
+
+
+def compare_inputs(split: loader.Split, size: int, batch: int, readings, rounds: int,
+                   steps: int, warmup: int) -> dict:
+  """{reading: (median images/s, median cores used)}, the readings measured in turns."""
+  results = {reading: [] for reading in readings}
+  for _ in range(rounds):
+    for reading in readings:
+      results[reading].append(input_alone(split, size, batch, reading, steps, warmup))
+  return {reading: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
+          for reading, runs in results.items()}
+
+
+def _reading(text: str) -> loader.Reading:
+  workers, threads = (int(n) for n in text.split('x'))
+  return loader.Reading(workers=workers, threads=threads)
+
+
+def describe_reading(reading: loader.Reading) -> str:
+  threads = f'{reading.threads} thread{"s" if reading.threads != 1 else ""}'
+  if reading.workers == 0:
+    return f'{threads} in this process'
+  return f'{reading.workers} decoding process{"es" if reading.workers != 1 else ""} x {threads}'
 
 
 def main(args):
   workers, threads = loader.auto_resources(args.workers, args.threads)
-  folder_split = None
+  trainers_reading = loader.Reading(workers=workers, threads=threads)
+  readings = ([_reading(r) for r in args.readings.split(',')] if args.readings else
+              [loader.Reading(workers=0, threads=loader.cores()),
+               loader.Reading(workers=2, threads=max(1, (loader.cores() - 1) // 2))
+               if workers == 0 else trainers_reading])
   store_path = args.store
-  if args.fullsize_from:
-    work = pathlib.Path(args.work)
-    folder = make_fullsize_folder(args.fullsize_from, work / 'images', args.images)
-    store_path = str(work / 'store')
-    start = time.perf_counter()
-    prepare.prepare(f'image_folder:{folder}', store_path,
-                    prepare.Options(size=args.stored_size, workers=args.workers),
-                    split_names=('train',), progress=False)
-    print(f'Prepared {args.images} full-size JPEGs ({FULL_SIZE[0]}x{FULL_SIZE[1]}) into '
-          f'{store_path} in {time.perf_counter() - start:.0f} s.', flush=True)
-    args.folder = str(folder)
+  if args.photo_like:
+    store_path = str(prepare_photo_like(pathlib.Path(args.work).expanduser(), args.photo_like,
+                                        args.stored_size))
+  dtype = args.dtype or platform.compute_dtype('auto')
+  rows, measure = [], dict(batch=args.batch, steps=args.steps, warmup=args.warmup)
+  if store_path:
+    prepared = store.open_store(pathlib.Path(store_path).expanduser())
+    size, source = prepared.image_size, prepared.source_of('train')
+    split = loader.Split(source, 0, len(source))
+    sizes = [len(r) for r in _records(source, 1000)]
+    what = (f'store {store_path} ({len(source):,} {prepared.encoding} images of {size}x{size}, '
+            f'{np.mean(sizes) / 1024:.1f} KiB on average)')
+    read = 'the store'
+  else:
+    size = args.stored_size
+    split = loader.Split(synthetic.SyntheticSplit(synthetic.TRAIN, 12_800, size, 10), 0, 12_800)
+    what, read = f'generated images ({size}x{size})', 'generated images'
+  device = jax.local_devices()[0]
+  print(f'jax {jax.__version__}, {jax.local_device_count()} x {device.device_kind}; '
+        f'{loader.cores()} cores; {what}; {args.model} width {args.width}, {dtype}, batch '
+        f'{args.batch}, patches of {args.image_size}; the trainer\'s decoding: '
+        f'{describe_reading(trainers_reading)}', flush=True)
+  if store_path and prepared.encoding == 'jpeg':
+    rate, cores = decode_alone(source, args.batch * args.steps)
+    rows.append(('decode alone: the store\'s JPEGs, one thread', rate, cores, None))
+    print(rows[-1], flush=True)
+  for reading, (rate, cores) in compare_inputs(split, size, args.batch, readings, args.rounds,
+                                               args.steps, args.warmup).items():
+    rows.append((f'input alone: {read}, {describe_reading(reading)}', rate, cores, None))
+    print(rows[-1], flush=True)
   if args.folder:
     listed = image_folder.open_folder(args.folder, ['train'])
     folder_split = loader.Split(image_folder.FolderSplit(*listed.splits['train'],
                                                          args.stored_size),
                                 0, len(listed.splits['train'][0]))
-  if store_path:
-    prepared = store.open_store(pathlib.Path(store_path).expanduser())
-    size = prepared.image_size
-    source = prepared.source_of('train')
-    split = loader.Split(source, 0, len(source))
-    what = f'store {store_path} ({prepared.encoding}, {size}x{size})'
-  else:
-    size = args.stored_size
-    split = loader.Split(synthetic.SyntheticSplit(synthetic.TRAIN, 12_800, size, 10), 0, 12_800)
-    what = f'synthetic images ({size}x{size})'
-  device = jax.local_devices()[0]
-  print(f'jax {jax.__version__}, {jax.local_device_count()} x {device.device_kind}; '
-        f'{loader.cores()} cores; {what}; {args.model} width {args.width}, '
-        f'{args.dtype}, batch {args.batch}, patches of {args.image_size}; {workers} decoding '
-        f'processes, {threads} threads in each', flush=True)
-  rows = []
-  measure = dict(batch=args.batch, steps=args.steps, warmup=args.warmup)
-  # Without --store the input is the demo's generated images (made once, then kept).
-  read = 'the store' if store_path else 'generated images'
-  rows.append((f'input alone: {read}', *input_alone(split, size, workers=workers,
-                                                      threads=threads, **measure)))
-  print(rows[-1], flush=True)
-  if folder_split is not None:
     rows.append(('input alone: JPEG files decoded and resized as read',
-                 *input_alone(folder_split, args.stored_size, workers=workers,
-                              threads=threads, **measure)))
+                 *input_alone(folder_split, args.stored_size, reading=trainers_reading,
+                              **measure), None))
     print(rows[-1], flush=True)
   step_rate = None
   if not args.input_only:
-    step = Step(args, args.image_size)
-    rows.append(('step alone (batch already on the devices)',
-                 *step_alone(step, size, **measure)))
+    step = Step(args.model, args.width, dtype, args.image_size)
+    rows.append(('step alone (batch already on the devices)', *step_alone(step, size,
+                                                                         **measure)))
     print(rows[-1], flush=True)
     step_rate = rows[-1][1]
     rows.append((f'the loop: {read}, then the step',
-                 *loop(step, split, size, workers=workers, threads=threads, **measure)))
+                 *loop(step, split, size, reading=trainers_reading, staging=args.staging,
+                       **measure)))
     print(rows[-1], flush=True)
   print()
-  print('| what | images/s | cores used | images/s per core used | of the step alone |')
-  print('|---|---|---|---|---|')
-  for name, rate, cores in rows:
+  print('| what | images/s | cores used | images/s per core used | of the step alone | '
+        'training thread, CPU ms per step |')
+  print('|---|---|---|---|---|---|')
+  for name, rate, cores, host_ms in rows:
     print(f'| {name} | {rate:,.0f} | {cores:.2f} | {rate / cores:,.0f} | '
-          f'{f"{rate / step_rate:.1%}" if step_rate else "-"} |')
+          f'{f"{rate / step_rate:.1%}" if step_rate and host_ms is not None else "-"} | '
+          f'{f"{host_ms:.2f}" if host_ms is not None else "-"} |')
 
 
 def _parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   where = parser.add_mutually_exclusive_group()
-  where.add_argument('--store', help='a prepared store (default: synthetic images)')
-  where.add_argument('--fullsize_from', help='a train split folder (ROOT/train) whose images '
-                     'are upscaled to 500x375 JPEGs and prepared into a store under --work')
+  where.add_argument('--store', help='a prepared store (default: generated images)')
+  where.add_argument('--photo_like', type=int, default=0,
+                     help='make this many full-size photo-like JPEGs under --work and read '
+                          'them from a store prepared there')
   parser.add_argument('--work', default='/tmp/alexnet_benchmark_loop',
-                      help='with --fullsize_from: where the JPEGs and the store go')
-  parser.add_argument('--images', type=int, default=4000, help='with --fullsize_from')
+                      help='with --photo_like: where the JPEGs and the store go')
   parser.add_argument('--folder', help='also time reading this image folder (ROOT with a '
                       'train/ split) without a store')
   parser.add_argument('--stored_size', type=int, default=256,
@@ -247,12 +351,22 @@ def _parse_args():
   parser.add_argument('--image_size', type=int, default=224, help='the patch the model sees')
   parser.add_argument('--model', default='owt', choices=sorted(models.VARIANTS))
   parser.add_argument('--width', type=float, default=1.0)
-  parser.add_argument('--dtype', default='float32', choices=('float32', 'bfloat16'))
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
+                      help="default: the trainer's on this platform (bfloat16 on GPUs and "
+                           'TPUs, float32 on the CPU)')
   parser.add_argument('--batch', type=int, default=128, help='global batch size')
   parser.add_argument('--workers', type=int, default=-1,
-                      help='decoding processes; 0: in this process; -1: as the trainer picks')
+                      help='decoding processes of the loop; 0: in this process; -1: as the '
+                           'trainer picks')
   parser.add_argument('--threads', type=int, default=-1,
-                      help='decoding threads per process; -1: as the trainer picks')
+                      help='decoding threads per process of the loop; -1: as the trainer picks')
+  parser.add_argument('--readings', help="the input rows' decoding, PROCESSESxTHREADS,... "
+                      '(default: threads on every core, and processes as the trainer picks '
+                      'them, or 2 where it picks none)')
+  parser.add_argument('--rounds', type=int, default=3,
+                      help='the input rows, each measured this many times in turns (median)')
+  parser.add_argument('--staging', default='auto', choices=('auto', 'pinned', 'none'),
+                      help='host memory the loop copies batches to the devices from')
   parser.add_argument('--input_only', action='store_true', help='time the input rows only')
   parser.add_argument('--steps', type=int, default=20, help='timed batches or steps')
   parser.add_argument('--warmup', type=int, default=5)

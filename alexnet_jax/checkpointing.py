@@ -17,6 +17,7 @@ import errno
 import json
 import logging
 import shutil
+import time
 
 import jax
 import numpy as np
@@ -161,6 +162,7 @@ class Checkpoints:
     step = int(jax.device_get(state.step))
     if step == self._last_saved:
       return
+    start = time.monotonic()
     try:
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(_arrays(state)),
@@ -178,6 +180,7 @@ class Checkpoints:
         raise
       raise error from e
     self._last_saved = step
+    logging.info('Checkpoint %s saved in %.2f s.', self.path(step), time.monotonic() - start)
 
   def _remove_partial(self, step: int) -> None:
     """Removes what a failed save of `step` left, best effort (Orbax skips it in any case)."""

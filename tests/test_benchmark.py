@@ -4,8 +4,10 @@ import pathlib
 import subprocess
 import sys
 
-from alexnet_jax import benchmark, models
-from alexnet_jax.data import prepare
+import numpy as np
+
+from alexnet_jax import benchmark, benchmark_loop, models
+from alexnet_jax.data import prepare, store
 from tests.conftest import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -53,8 +55,8 @@ def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
 
 
 def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
-  """The loop benchmark on a store of a small folder: its four rows, and no TensorFlow,
-  clu or ml_collections imported (GPU hosts have JAX and the loader's wheels only)."""
+  """The loop benchmark on a store of a small folder: its rows, and no TensorFlow, clu or
+  ml_collections imported (GPU hosts have JAX and the loader's wheels only)."""
   folder = write_image_folder(tmp_path / 'images', train=12)
   store = tmp_path / 'store'
   prepare.prepare(f'image_folder:{folder}', str(store),
@@ -66,11 +68,28 @@ def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
   output = subprocess.run(
       [sys.executable, '-c', code, 'benchmark_loop', f'--store={store}', f'--folder={folder}',
        '--stored_size=73', '--model=owt', '--width=0.125', '--image_size=64', '--batch=4',
-       '--steps=2', '--warmup=1', '--workers=1', '--threads=1'],
+       '--steps=2', '--warmup=1', '--workers=1', '--threads=1', '--readings=0x1,1x1',
+       '--rounds=1'],
       cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
   rows = [line for line in output.splitlines() if line.startswith('| ') and 'images/s' not in line
           and '---' not in line]
   assert [row.split(' | ')[0] for row in rows] == [
-      '| input alone: the store', '| input alone: JPEG files decoded and resized as read',
+      "| decode alone: the store's JPEGs, one thread",
+      '| input alone: the store, 1 thread in this process',
+      '| input alone: the store, 1 decoding process x 1 thread',
+      '| input alone: JPEG files decoded and resized as read',
       '| step alone (batch already on the devices)', '| the loop: the store, then the step']
   assert all(float(row.split(' | ')[1].replace(',', '')) > 0 for row in rows)
+  assert all(float(row.split(' | ')[-1].rstrip(' |')) > 0 for row in rows[-2:])   # thread ms
+
+
+def test_photo_like_images_weigh_what_photos_weigh_as_stored_jpegs():
+  """At 256x256 and quality 90, real photos' JPEGs weigh 11 to 31 KB (5th to 95th percentile
+  over ImageNet's one image per class, median 19.5): so do the photo-like ones."""
+  from PIL import Image
+  sizes = []
+  for seed in range(12):
+    image = benchmark_loop.photo_like(np.random.default_rng(seed), 375, 500)
+    square = Image.fromarray(image[:, 62:437]).resize((256, 256), Image.BILINEAR)
+    sizes.append(len(store.encode_record(0, np.asarray(square), 'jpeg', 90)))
+  assert 11_000 < np.median(sizes) < 31_000 and min(sizes) > 8_000 and max(sizes) < 40_000

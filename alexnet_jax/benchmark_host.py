@@ -1,0 +1,158 @@
+"""One command that measures an accelerator host: its input, its step, the loop, the trainer.
+
+  python -m alexnet_jax.benchmark_host --work=/tmp/alexnet_host
+
+Needs JAX for the host's accelerators and the project's requirements other than
+TensorFlow and TFDS (grain, array_record, simplejpeg, clu, ml_collections, ...):
+nothing it runs imports TensorFlow. In turn it
+1. makes `--images` full-size photo-like JPEGs (`benchmark_loop.photo_like`: as
+   large as real photos' JPEGs, and as slow to decode) and prepares a 256x256
+   store of them;
+2. times the input alone: libjpeg-turbo on one thread, the loader with threads
+   only, and the loader as the trainer reads (decoding processes on hosts of 8
+   cores or more), each images/s and images/s per core used;
+3. for each of `--models` and `--batch_sizes`, in the trainer's dtype for the
+   platform: the step alone (a batch already on the devices) and the loop (the
+   loader's batches copied to the devices on its background thread, trained
+   on), and the training thread's CPU time per step;
+4. runs `main.py` itself on the store for `--train_steps` steps with a
+   checkpoint, then the same command with `--resume_steps` more, which resumes
+   from it: images/s, the training thread's CPU per step and the time of a save,
+   as its log reports them.
+Then it prints one table.
+"""
+
+import argparse
+import pathlib
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import jax
+
+from alexnet_jax import benchmark_loop, platform
+from alexnet_jax.data import loader, store
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+_PROGRESS = re.compile(r'([\d.]+) images/s, .* spent ([\d.]+) ms of CPU per step')
+_SAVED = re.compile(r'Checkpoint \S+ saved in ([\d.]+) s')
+_RESTORED = re.compile(r'Restored the checkpoint of step (\d+)')
+
+
+def run_main(workdir: pathlib.Path, store_path: pathlib.Path, model: str, steps: int,
+             batch: int, log_every: int, extra: list[str]) -> dict:
+  """main.py trained to `steps` on the store; what its log says."""
+  command = [sys.executable, str(ROOT / 'main.py'), f'--config={ROOT}/configs/alexnet.py:{model}',
+             f'--workdir={workdir}', f'--config.dataset={store_path}',
+             f'--config.num_train_steps={steps}', f'--config.global_batch_size={batch}',
+             f'--config.eval_every_steps={steps}', f'--config.log_every_steps={log_every}',
+             f'--config.checkpoint_every_steps={steps}', '--config.keep_best_checkpoint=false',
+             *extra]
+  start = time.perf_counter()
+  result = subprocess.run(command, capture_output=True, text=True, check=False)
+  seconds = time.perf_counter() - start
+  log = result.stdout + result.stderr
+  if result.returncode != 0:
+    raise RuntimeError(f'{" ".join(command)} failed ({result.returncode}):\n{log[-3000:]}')
+  progress = [(float(a), float(b)) for a, b in _PROGRESS.findall(log)]
+  steady = progress[1:] or progress   # the first window holds the compilation
+  restored = _RESTORED.findall(log)
+  return {'seconds': seconds,
+          'images_per_sec': statistics.median(r for r, _ in steady) if steady else None,
+          'host_ms': statistics.median(m for _, m in steady) if steady else None,
+          'save_s': [float(s) for s in _SAVED.findall(log)],
+          'resumed_from': int(restored[-1]) if restored else None}
+
+
+def main(args):
+  work = pathlib.Path(args.work).expanduser()
+  start = time.perf_counter()
+  store_path = benchmark_loop.prepare_photo_like(work, args.images, args.stored_size)
+  made = time.perf_counter() - start
+  prepared = store.open_store(store_path)
+  source = prepared.source_of('train')
+  split = loader.Split(source, 0, len(source))
+  size = prepared.image_size
+  dtype = args.dtype or platform.compute_dtype('auto')
+  workers, threads = loader.auto_resources()
+  trainers = loader.Reading(workers=workers, threads=threads)
+  device = jax.local_devices()[0]
+  print(f'{jax.local_device_count()} x {device.device_kind}, {loader.cores()} cores, jax '
+        f'{jax.__version__}; {len(source):,} photo-like images ({made:.0f} s to make and '
+        f'prepare); {dtype}; the trainer decodes with {benchmark_loop.describe_reading(trainers)}.',
+        flush=True)
+  rows = []
+
+  def row(what, rate=None, cores=None, of_step=None, host_ms=None, note=''):
+    rows.append((what, rate, cores, of_step, host_ms, note))
+    print(rows[-1], flush=True)
+
+  rate, cores = benchmark_loop.decode_alone(source, min(len(source), 4000))
+  row('decode alone: the stored JPEGs, one thread', rate, cores)
+  readings = [loader.Reading(workers=0, threads=loader.cores())]
+  if trainers.workers > 0:
+    readings.append(trainers)
+  for reading, (rate, cores) in benchmark_loop.compare_inputs(
+      split, size, args.input_batch, readings, rounds=2, steps=args.steps,
+      warmup=args.warmup).items():
+    row(f'input alone: {benchmark_loop.describe_reading(reading)}', rate, cores)
+  for model in args.models.split(','):
+    for batch in (int(b) for b in args.batch_sizes.split(',')):
+      step = benchmark_loop.Step(model, args.width, dtype, args.image_size)
+      measure = dict(batch=batch, steps=args.steps, warmup=args.warmup)
+      step_rate, cores, host_ms = benchmark_loop.step_alone(step, size, **measure)
+      row(f'{model}, batch {batch}: step alone', step_rate, cores, None, host_ms)
+      rate, cores, host_ms = benchmark_loop.loop(step, split, size, reading=trainers, **measure)
+      row(f'{model}, batch {batch}: the loop', rate, cores, rate / step_rate, host_ms)
+      del step
+  workdir = work / 'main_run'
+  if workdir.exists():
+    subprocess.run(['rm', '-rf', str(workdir)], check=True)
+  model, batch = args.models.split(',')[0], int(args.batch_sizes.split(',')[0])
+  extra = [f'--config.width={args.width}', f'--config.image_size={args.image_size}',
+           f'--config.resize_size={size}']
+  for steps in (args.train_steps, args.train_steps + args.resume_steps):
+    result = run_main(workdir, store_path, model, steps, batch, args.log_every, extra)
+    resumed = result['resumed_from']
+    saves = ', '.join(f'{s:.2f}' for s in result['save_s'])
+    row(f'main.py, {model}, batch {batch}, to step {steps}'
+        f'{f" (resumed from {resumed})" if resumed else ""}', result['images_per_sec'], None,
+        None, result['host_ms'], f'{result["seconds"]:.0f} s in all; saves: {saves or "-"} s')
+  print()
+  print('| what | images/s | cores used | of the step alone | training thread, CPU ms per '
+        'step | |')
+  print('|---|---|---|---|---|---|')
+  for what, rate, cores, of_step, host_ms, note in rows:
+    print(f'| {what} | {f"{rate:,.0f}" if rate else "-"} | '
+          f'{f"{cores:.2f}" if cores else "-"} | {f"{of_step:.1%}" if of_step else "-"} | '
+          f'{f"{host_ms:.2f}" if host_ms is not None else "-"} | {note} |')
+  print(f'\n{time.perf_counter() - start:.0f} s in all.')
+
+
+def _parse_args():
+  parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+  parser.add_argument('--work', default='/tmp/alexnet_benchmark_host',
+                      help='where the images, the store and the run go')
+  parser.add_argument('--images', type=int, default=8000, help='photo-like training images')
+  parser.add_argument('--stored_size', type=int, default=256)
+  parser.add_argument('--image_size', type=int, default=224)
+  parser.add_argument('--models', default='owt,paper')
+  parser.add_argument('--width', type=float, default=1.0)
+  parser.add_argument('--batch_sizes', default='256,1024', help='global batch sizes')
+  parser.add_argument('--input_batch', type=int, default=256,
+                      help='the batch of the input-alone rows')
+  parser.add_argument('--dtype', choices=('float32', 'bfloat16'),
+                      help="default: the trainer's on this platform")
+  parser.add_argument('--steps', type=int, default=50, help='timed steps or batches per row')
+  parser.add_argument('--warmup', type=int, default=5)
+  parser.add_argument('--train_steps', type=int, default=300,
+                      help='main.py trains this far, saves, then resumes')
+  parser.add_argument('--resume_steps', type=int, default=100)
+  parser.add_argument('--log_every', type=int, default=50)
+  return parser.parse_args()
+
+
+if __name__ == '__main__':
+  main(_parse_args())
