@@ -21,6 +21,7 @@ import shutil
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -44,6 +45,14 @@ _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
                        errno.EHOSTUNREACH, errno.ENETUNREACH}
 _UNREACHABLE_TEXTS = ('Cannot connect to host', 'Could not connect to server',
                       "Couldn't connect to server", 'Could not resolve host', 'UNAVAILABLE:')
+
+
+def quiet_orbax_logs() -> None:
+  """For commands whose output is their answer: Orbax logs every stage of every read at INFO
+  and its read-only notes as warnings; keep only its errors, and others' warnings."""
+  def keep(record) -> bool:
+    return record.levelno >= (logging.ERROR if '/orbax/' in record.pathname else logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(keep)
 
 
 def refused_write(error: BaseException) -> str | None:

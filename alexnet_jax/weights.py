@@ -95,6 +95,7 @@ def main(argv):
     sys.exit('usage: python -m alexnet_jax.weights import --from=FILE.pth --workdir=DIR\n'
              '       python -m alexnet_jax.weights export --workdir=DIR --to=FILE.pth '
              '[--checkpoint=latest|best|STEP]')
+  checkpointing.quiet_orbax_logs()
   try:
     if argv[1] == 'import':
       if not FLAGS['from'].value:

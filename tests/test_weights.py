@@ -24,7 +24,7 @@ FIXTURE = DATA / 'owt_narrow.pth'   # torchvision's AlexNet at 1/64 of its width
 HAS_TORCH = importlib.util.find_spec('torch') is not None
 
 
-def test_images() -> np.ndarray:
+def formula_images() -> np.ndarray:
   """float32 [2, 224, 224, 3], the formula tests/data/make_torch_files.py fed PyTorch."""
   n, h, w, c = np.meshgrid(np.arange(2), np.arange(224), np.arange(224), np.arange(3),
                            indexing='ij')
@@ -71,14 +71,14 @@ def _logits(workdir: str, images: np.ndarray) -> np.ndarray:
 
 def test_the_numpy_forward_pass_gives_pytorchs_logits():
   torch_logits = np.array(json.loads((DATA / 'owt_narrow.json').read_text())['logits'])
-  reference = numpy_alexnet(torch_file.read_state_dict(FIXTURE), test_images())
+  reference = numpy_alexnet(torch_file.read_state_dict(FIXTURE), formula_images())
   np.testing.assert_allclose(reference, torch_logits, rtol=1e-5, atol=1e-6)
 
 
 def test_an_imported_file_gives_the_logits_of_pytorch_and_of_numpy(imported):
   workdir, done = imported
   assert done['width'] == 1 / 64 and done['classes'] == 10
-  images = test_images()
+  images = formula_images()
   ours = _logits(workdir, images)
   torch_logits = np.array(json.loads((DATA / 'owt_narrow.json').read_text())['logits'])
   np.testing.assert_allclose(ours, torch_logits, rtol=1e-5, atol=1e-6)
@@ -106,7 +106,7 @@ def test_export_then_import_is_the_identity(imported, tmp_path):
 def test_a_1000_class_file_records_imagenets_classes(tmp_path):
   rng = np.random.default_rng(0)
   state = {name: rng.normal(size=shape).astype(np.float32) for name, shape in
-           _torch_shapes(width=1 / 64, num_classes=1000).items()}
+           torch_shapes(width=1 / 64, num_classes=1000).items()}
   torch_file.write_state_dict(tmp_path / 'wide.pth', state)
   weights.import_weights(str(tmp_path / 'wide.pth'), str(tmp_path / 'work'),
                          alexnet.get_config('torchvision'))
@@ -115,7 +115,7 @@ def test_a_1000_class_file_records_imagenets_classes(tmp_path):
   assert class_names.display_names(names, 1000)[0] == 'tench, Tinca tinca'
 
 
-def _torch_shapes(width: float, num_classes: int) -> dict:
+def torch_shapes(width: float, num_classes: int) -> dict:
   """torchvision's shapes written out by hand: (out, in, h, w) and (out, in)."""
   c = [max(1, round(f * width)) for f in (64, 192, 384, 256, 256)]
   hidden = round(4096 * width)
@@ -175,8 +175,8 @@ def test_pytorch_loads_an_export_into_torchvisions_alexnet(imported, tmp_path):
   model = TorchvisionAlexNet(**OWT_SIZES).eval()
   model.load_state_dict(torch.load(tmp_path / 'exported.pth', weights_only=True), strict=True)
   with torch.no_grad():
-    logits = model(torch.from_numpy(test_images()).permute(0, 3, 1, 2)).numpy()
-  np.testing.assert_allclose(logits, _logits(workdir, test_images()), rtol=1e-5, atol=1e-6)
+    logits = model(torch.from_numpy(formula_images()).permute(0, 3, 1, 2)).numpy()
+  np.testing.assert_allclose(logits, _logits(workdir, formula_images()), rtol=1e-5, atol=1e-6)
 
 
 def test_the_import_command(tmp_path):
