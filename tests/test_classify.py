@@ -14,6 +14,7 @@ import pytest
 from alexnet_jax import (checkpointing, class_names, classify, color_stats, data, parallel,
                          torch_file, train, weights)
 from alexnet_jax.data import image_folder
+from alexnet_jax.evaluate_workdirs import evaluate_workdirs
 from configs import alexnet
 from tests import test_weights
 from tests.conftest import IMAGENETTE, NUM_DEVICES
@@ -125,6 +126,20 @@ def test_top5_and_probabilities_are_the_eval_steps(imported, eval_batch, ten_pat
   np.testing.assert_allclose(top5['loss_sum'], -np.log(probs[:, :5]).sum(), rtol=1e-5)
   assert results[0]['top'][0]['name'] == class_names.imagenet_wordnet()[
       results[0]['top'][0]['class']]
+
+
+@needs_imagenette
+def test_evaluate_workdirs_reads_the_imported_workdir_and_agrees(imported):
+  config, workdir, root = imported
+  paths, labels = image_folder.open_folder(root, ['train', 'validation'],
+                                           imagenet_wnid_labels=True).splits['validation']
+  results, _ = classify.classify(classify.load(workdir), list(paths), top=1000)
+  true_class = [next(e['probability'] for e in r['top'] if e['index'] == label)
+                for r, label in zip(results, labels)]
+  evaluated = evaluate_workdirs(config, [workdir], 'latest')[workdir]
+  assert evaluated['examples'] == 10 and evaluated['step'] == 0
+  # Its loss is the mean -log of the probability classify gives each image's true class.
+  assert evaluated['loss'] == pytest.approx(-np.mean(np.log(true_class)), rel=1e-5)
 
 
 @needs_imagenette

@@ -179,6 +179,7 @@ def test_pytorch_loads_an_export_into_torchvisions_alexnet(imported, tmp_path):
   np.testing.assert_allclose(logits, _logits(workdir, formula_images()), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_import_command(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
