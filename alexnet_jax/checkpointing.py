@@ -313,7 +313,7 @@ def write_whole(path: epath.Path, contents: bytes) -> None:
   try:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary.write_bytes(contents)
-    temporary.rename(path)
+    temporary.replace(path)   # over a copy of an earlier run, where there is one
   except OSError as e:
     error = storage_error(e, f'{path} could not be written')
     if error is None:

@@ -116,6 +116,7 @@ def classify(classifier: Classifier, paths: list[str], top: int = 5, ten_patches
       failures.append((path, f'cannot be decoded ({e})' if isinstance(
           e, decode.UndecodableImage) else f'cannot be read ({e})'))
   results = []
+  batch_size = min(batch_size, len(decoded)) or 1
   for start in range(0, len(decoded), batch_size):
     chunk = decoded[start:start + batch_size]
     images = np.zeros((batch_size, size, size, 3), np.uint8)   # one shape, one compile

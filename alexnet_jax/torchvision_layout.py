@@ -65,7 +65,8 @@ def from_torchvision(state_dict: dict, source: str) -> tuple[dict, float, int]:
   differences = []
   for layer, torch_name in LAYERS.items():
     for kind, ours in (('weight', 'kernel'), ('bias', 'bias')):
-      want, have = _torch_shape(shapes[layer][ours]), tuple(state_dict[f'{torch_name}.{kind}'].shape)
+      want = _torch_shape(shapes[layer][ours])
+      have = tuple(state_dict[f'{torch_name}.{kind}'].shape)
       if want != have:
         differences.append(f'{torch_name}.{kind}: {have} in the file, {want} expected')
   if differences:

@@ -111,7 +111,8 @@ def main(argv):
     else:
       if not FLAGS.to:
         raise ConfigError('--to=FILE.pth is required: the file to write.')
-      done = export_weights(FLAGS.workdir, FLAGS.to, FLAGS.checkpoint)
+      done = export_weights(FLAGS.workdir, FLAGS.to, FLAGS.checkpoint,
+                            FLAGS.config if FLAGS['config'].present else None)
       print(f"Exported step {done['step']} of {FLAGS.workdir} ({done['parameters']:,} "
             f"parameters, {done['classes']} classes) to {FLAGS.to}.")
   except UserFacingError as e:
@@ -122,7 +123,8 @@ if __name__ == '__main__':
   # Flags only when run as a command, so that other modules and tests can import it.
   config_flags.DEFINE_config_file(
       'config', 'configs/alexnet.py:torchvision', 'import: the config recorded with the '
-      "weights (its width is the file's).", lock_config=True)
+      "weights (its width is the file's); export: only for a workdir without model.json, the "
+      'config it was trained with.', lock_config=True)
   flags.DEFINE_string('from', None, 'import: a state dict of torchvision\'s AlexNet (.pth).')
   flags.DEFINE_string('to', None, 'export: the .pth file to write.')
   flags.DEFINE_string('workdir', None, 'import: a new workdir; export: a trained owt workdir.')

@@ -61,7 +61,7 @@ def owt_file():
   torch.manual_seed(0)
   model = TorchvisionAlexNet(**OWT_SIZES).eval()
   with torch.no_grad():
-    for name, p in model.named_parameters():   # biases too, so that no unit stays dead
+    for p in model.parameters():   # biases too, so that no unit stays dead
       p.normal_(0.0, 1.0 / np.sqrt(p[0].numel()) if p.ndim > 1 else 0.2)
     logits = model(torch.from_numpy(test_images()).permute(0, 3, 1, 2))
   torch.save(model.state_dict(), HERE / 'owt_narrow.pth')
