@@ -82,7 +82,10 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
                       "torchvision's layout (the paper's two towers and LRN have no "
                       'torchvision counterpart).')
   params, step = checkpointing.restore_saved_params(workdir, which)
-  state_dict = torchvision_layout.to_torchvision(params)
+  try:
+    state_dict = torchvision_layout.to_torchvision(params)
+  except torchvision_layout.LayoutError as e:
+    raise torchvision_layout.LayoutError(f'{workdir} cannot be exported: {e}') from e
   epath.Path(target).parent.mkdir(parents=True, exist_ok=True)
   torch_file.write_state_dict(target, state_dict)
   return {'step': step, 'classes': int(params['fc8']['bias'].shape[0]),
