@@ -22,6 +22,7 @@ import time
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
@@ -45,6 +46,14 @@ _UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
                        errno.EHOSTUNREACH, errno.ENETUNREACH}
 _UNREACHABLE_TEXTS = ('Cannot connect to host', 'Could not connect to server',
                       "Couldn't connect to server", 'Could not resolve host', 'UNAVAILABLE:')
+
+
+def quiet_orbax_logs() -> None:
+  """For commands whose output is their answer: Orbax logs every stage of every read at INFO
+  and its read-only notes as warnings; keep only its errors, and others' warnings."""
+  def keep(record) -> bool:
+    return record.levelno >= (logging.ERROR if '/orbax/' in record.pathname else logging.WARNING)
+  absl_logging.get_absl_handler().addFilter(keep)
 
 
 def refused_write(error: BaseException) -> str | None:
@@ -232,6 +241,16 @@ class Checkpoints:
       return state.replace(**restored['state']), restored['loop_state']
     return None
 
+  def read_as_saved(self, step: int | None = None) -> dict:
+    """The arrays of checkpoint `step` (default: the newest) with the shapes and dtypes they
+    were saved with, whatever model this run builds: {'step', 'params', 'opt_state'}."""
+    step = self._manager.latest_step() if step is None else step
+    saved = self._manager.item_metadata(step)['state']
+    here = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=here), saved)
+    return self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(target)))['state']
+
   def _set_aside(self, step: int, error: Exception | None) -> None:
     """Renames the damaged checkpoint of `step`, once every host has found it so."""
     path = self.path(step)
@@ -252,6 +271,31 @@ class Checkpoints:
 def restore_params(workdir: str, which: str, state):
   """(params, step) of checkpoint `which` ('latest', 'best' or a step) of a trained workdir,
   placed as `state` is; the workdir is only read."""
+  checkpoints, step = _open_chosen(workdir, which)
+  try:
+    restored, _ = checkpoints.restore(state, step)
+  finally:
+    checkpoints.close()
+  return restored.params, int(jax.device_get(restored.step))
+
+
+def restore_saved_params(workdir: str, which: str) -> tuple[dict, int]:
+  """(params, step) of checkpoint `which` of a workdir as numpy arrays of the shapes they
+  were saved with: another run's parameters, read without building its model."""
+  checkpoints, step = _open_chosen(workdir, which)
+  path = checkpoints.path(step if step is not None else checkpoints.all_steps()[-1])
+  try:
+    saved = checkpoints.read_as_saved(step)
+  except Exception as e:  # pylint: disable=broad-except  (one message for every cause)
+    damage = ' (damaged: files missing, truncated or corrupt)' if is_damage(e) else ''
+    raise CheckpointError(f'Checkpoint {path} could not be read{damage}: {describe(e)}.') from e
+  finally:
+    checkpoints.close()
+  return jax.tree.map(np.asarray, saved['params']), int(saved['step'])
+
+
+def _open_chosen(workdir: str, which: str):
+  """(read-only Checkpoints, step) of checkpoint `which` of a workdir; step None: the newest."""
   if which not in ('latest', 'best') and not which.isdigit():
     raise ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
   step = int(which) if which.isdigit() else None
@@ -262,9 +306,22 @@ def restore_params(workdir: str, which: str, state):
     raise ConfigError(
         f'{directory} holds no checkpoint{"" if step is None else f" of step {step}"} '
         f'(it holds {steps or "none"}): check the workdir and --checkpoint.')
-  restored, _ = checkpoints.restore(state, step)
-  checkpoints.close()
-  return restored.params, int(jax.device_get(restored.step))
+  return checkpoints, step
+
+
+def write_whole(path: epath.Path, contents: bytes) -> None:
+  """Writes `path` whole or not at all: to a temporary name, renamed when complete; a write
+  the storage refuses raises StorageError."""
+  temporary = path.parent / (path.name + '.tmp')
+  try:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary.write_bytes(contents)
+    temporary.replace(path)   # over a copy of an earlier run, where there is one
+  except OSError as e:
+    error = storage_error(e, f'{path} could not be written')
+    if error is None:
+      raise
+    raise error from e
 
 
 def _gib(size: int) -> str:

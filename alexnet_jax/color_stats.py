@@ -71,23 +71,10 @@ def save(stats: dict, workdir: str) -> str:
   buffer = io.BytesIO()
   np.save(buffer, stats['mean_image'])
   # The mean image first: a run that finds the JSON file finds everything.
-  _write_whole(folder / MEAN_IMAGE, buffer.getvalue())
+  checkpointing.write_whole(folder / MEAN_IMAGE, buffer.getvalue())
   summary = {k: v for k, v in stats.items() if k != 'mean_image'}
-  _write_whole(folder / FILENAME, json.dumps(summary, indent=2).encode())
+  checkpointing.write_whole(folder / FILENAME, json.dumps(summary, indent=2).encode())
   return str(folder / FILENAME)
-
-
-def _write_whole(path: epath.Path, contents: bytes) -> None:
-  """Writes `path` whole or not at all: to a temporary name, renamed when complete."""
-  temporary = path.parent / (path.name + '.tmp')
-  try:
-    temporary.write_bytes(contents)
-    temporary.rename(path)
-  except OSError as e:
-    error = checkpointing.storage_error(e, f'{path} could not be written')
-    if error is None:
-      raise
-    raise error from e
 
 
 def augmentation(config, workdir: str) -> augment.Augmentation:

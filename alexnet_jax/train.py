@@ -12,7 +12,8 @@ from flax.training import train_state
 from jax.experimental import multihost_utils
 
 from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
-                         models, optim, parallel, platform, progress, summaries)
+                         init_from, model_record, models, optim, parallel, platform, progress,
+                         summaries)
 from alexnet_jax import preemption as preemption_lib
 
 
@@ -43,6 +44,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   config_checks.check_workdir(workdir)
   config_checks.check_workdir_shared(workdir)
+  init_from.check(config)
   aug = color_stats.augmentation(config, workdir)
   dataset = data.create(config, config.global_batch_size, jax.process_index(),
                         jax.process_count())
@@ -51,6 +53,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_every = _steps(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
   config_checks.check_classes(config, dataset.num_classes)
   platform.check_backend(dataset.train_examples, config.allow_cpu)
+  if jax.process_index() == 0:   # what the workdir holds, for the commands that read it
+    model_record.write(workdir, config, dataset.class_names)
   logging.info('Training on %s; a mesh of %s; %d train examples, %d steps per epoch, %d steps; '
                '%d validation examples.', platform.describe(), dict(mesh.shape),
                dataset.train_examples, steps_per_epoch, num_steps, dataset.eval_examples)
@@ -67,6 +71,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   best_error = None   # the lowest validation top-1 error so far
   pending_eval = False   # stopped during the evaluation of the step it saved
   restored = _restore_newest(checkpoints, best, state)
+  if restored is None and config.init_from:
+    state = state.replace(params=init_from.initial_params(config, state.params))
+  elif config.init_from:
+    logging.info('Resuming from this run\'s own checkpoint; --config.init_from is not read.')
   if restored is not None:
     state, saved_loop_state = restored
     plateau.load_state_dict(saved_loop_state['plateau'])

@@ -4,6 +4,8 @@
   owt            the single-tower "one weird trick" AlexNet (torchvision's) on ImageNet
   demo           a narrow one-tower AlexNet on generated images: no download, minutes on a CPU
   imagenette     a reduced one-tower AlexNet on ../shared/data/imagenette (real JPEGs, 10 classes)
+  torchvision    owt with torchvision's input normalisation: the config of weights imported
+                 from torchvision (`python -m alexnet_jax.weights import`), and of fine-tuning them
 
 Any field can be overridden, e.g. `--config.global_batch_size=256`.
 """
@@ -90,6 +92,13 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.profile_steps = 0         # positive: trace this many steps for TensorBoard's profiler
   config.profile_first_step = 10   # ... starting this many steps into the run
   config.seed = 0
+  # Fine-tuning: a workdir (trained here, or imported by `python -m alexnet_jax.weights
+  # import`) whose parameters start this run, from its best checkpoint if it keeps one, else
+  # its newest. fc8 starts afresh when the class counts differ, and so does every layer named
+  # in reinit_layers (comma-separated, e.g. 'fc7,fc8'); the optimiser state starts afresh.
+  # A run that has checkpoints of its own resumes from them instead.
+  config.init_from = ''
+  config.reinit_layers = ''
   # A CPU-only jaxlib on a host with GPUs or TPUs is refused for a real dataset (README,
   # "Install"); true trains on the CPU anyway.
   config.allow_cpu = False
@@ -128,8 +137,15 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
     config.global_batch_size = 64
     config.num_epochs = 16
     config.log_every_steps = 50
+  elif variant == 'torchvision':
+    # torchvision's trained AlexNet expects its own transforms: shorter side 256, the centre
+    # 224 patch, ToTensor and Normalize(mean=(0.485, 0.456, 0.406), std=(0.229, 0.224,
+    # 0.225)), here in 0-255 units.
+    _one_weird_trick(config)
+    config.mean_rgb = (123.675, 116.28, 103.53)
   else:
-    raise ValueError(f'Unknown config variant {variant!r}: use paper, owt, demo or imagenette.')
+    raise ValueError(f'Unknown config variant {variant!r}: use paper, owt, demo, imagenette or '
+                     'torchvision.')
   return config
 
 
