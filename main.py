@@ -44,6 +44,12 @@ def main(argv):
   except errors.UserFacingError as e:
     logging.error('%s', e)
     sys.exit(f'error: {e}')
+  except KeyboardInterrupt:   # a second Ctrl-C: the step and any save in progress are dropped
+    message = ('Stopped at once by a second Ctrl-C. Every checkpoint in the workdir is complete; '
+               'run the same command to resume from the newest.')
+    logging.warning('%s', message)
+    print(message, file=sys.stderr, flush=True)
+    sys.exit(130)
   except jax.errors.JaxRuntimeError as e:
     if jax.process_count() == 1:
       raise

@@ -146,8 +146,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
         return eval_metrics
     for step in range(start_step + 1, num_steps + 1):
       profile(step)
+      try:
+        with preemption.waiting():
+          batch = next(batches)
+      except preemption_lib.StopWhileWaiting:
+        # The state is that of the step before: saved as it is, resumed with this batch.
+        metrics_log.flush(plateau.learning_rate, checkpoints, report=False)
+        save(pending=False)
+        logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
+                        'resume.', step - 1, checkpoints.path(step - 1))
+        break
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
-        state, metrics = train_step(state, next(batches))
+        state, metrics = train_step(state, batch)
+      del batch
       metrics_log.add(step, metrics)  # device arrays: no host sync until they are logged
       last, stop = step == num_steps, preemption.should_stop()
       log_now = step % config.log_every_steps == 0

@@ -25,10 +25,12 @@ batch two steps ahead, so the training thread only dispatches steps.
 """
 
 import abc
+import contextlib
 import dataclasses
 import functools
 import math
 import os
+import signal
 import threading
 import time
 from typing import Callable, Iterator
@@ -42,6 +44,7 @@ from alexnet_jax.errors import DataError
 
 # Batches on the devices ahead of the step (with `put`).
 DEVICE_PREFETCH = 2
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Slots of a worker's ring beyond its threads' own: grain's queue between the processes, the
 # trainer's buffer of each worker's batches, the batch being copied to the devices, one spare.
 _RING_SPARE_SLOTS = 4
@@ -247,6 +250,14 @@ def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
 
 def _closing(iterator, rings) -> Iterator[dict]:
   try:
+    # The first batch starts grain's threads, and they the decoding processes: started with
+    # SIGINT and SIGTERM held, those inherit them held, and the trainer alone answers a Ctrl-C
+    # or a preemption (its handler runs once the first batch is here).
+    with _signals_held(bool(rings)):
+      first = next(iterator, None)
+    if first is None:
+      return
+    yield first
     for batch in iterator:   # not `yield from`, which would close `iterator` before the rings
       yield batch
   finally:
@@ -256,9 +267,26 @@ def _closing(iterator, rings) -> Iterator[dict]:
     iterator.close()   # ends the worker processes now rather than at garbage collection
 
 
+@contextlib.contextmanager
+def _signals_held(hold: bool):
+  """SIGINT and SIGTERM held back from this thread, and from the threads and processes it
+  starts meanwhile, which keep them held."""
+  if not hold or not hasattr(signal, 'pthread_sigmask'):
+    yield
+    return
+  held = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+  try:
+    yield
+  finally:
+    signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 def _start_worker(parent_pid: int, rings, worker_index: int, worker_count: int) -> None:
-  """In each decoding process: its ring of shared batches, and an end with the trainer."""
+  """In each decoding process: its ring of shared batches, no answer to a Ctrl-C or a
+  SIGTERM (the trainer stops it), and an end with the trainer."""
   del worker_count
+  for stop in _STOP_SIGNALS:
+    signal.signal(stop, signal.SIG_IGN)
   shared_batches.attach(rings[worker_index])
   _exit_with_parent(parent_pid)
 
