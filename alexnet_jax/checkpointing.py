@@ -13,11 +13,14 @@ a checkpoint of another optimiser after an upgrade) stops the run with the
 step and the cause, and renames nothing. A read-only restore never renames.
 """
 
+import contextlib
 import errno
 import json
 import logging
 import shutil
+import sys
 import time
+import traceback
 
 import jax
 import numpy as np
@@ -105,6 +108,44 @@ def storage_error(error: BaseException, subject: str, detail: str = '') -> Stora
   return StorageError(f'{subject}: {what} ({describe(error)}).{detail} {fix}')
 
 
+# Where runs of earlier versions kept their best checkpoint, a copy of it.
+_LEGACY_BEST = 'best'
+
+
+class _StorageFailureLogs(logging.Filter):
+  """Drops what Orbax's threads, and asyncio for the writes of theirs it finds unfinished at
+  exit, log of a storage failure, traceback and all: the run stops with one message that
+  says it (Checkpoints._reported). Anything else passes."""
+
+  def filter(self, record) -> bool:
+    if record.exc_info and ('/orbax/' in record.pathname or record.name == 'asyncio'):
+      return storage_failure(record.exc_info[1]) is None
+    return True
+
+
+def _quiet_storage_failures() -> None:
+  """Once: Orbax's logs of a storage failure dropped, and so is the 'Event loop is closed'
+  of each of tensorstore's writes that ends after the save it belonged to has failed and
+  Orbax has closed that save's event loop (Python reports them as unraisable, from
+  `call_soon_threadsafe`: a late answer nobody waits for)."""
+  absl_logger = logging.getLogger('absl')
+  if any(isinstance(f, _StorageFailureLogs) for f in absl_logger.filters):
+    return
+  for name in ('absl', 'asyncio'):
+    logging.getLogger(name).addFilter(_StorageFailureLogs())
+  report = sys.unraisablehook
+
+  def unraisable(unraisable_error):
+    error, trace = unraisable_error.exc_value, unraisable_error.exc_traceback
+    late = (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed' and
+            trace is not None and any(frame.name == 'call_soon_threadsafe'
+                                      for frame in traceback.extract_tb(trace)))
+    if not late:
+      report(unraisable_error)
+
+  sys.unraisablehook = unraisable
+
+
 def _causes(error: BaseException) -> list[BaseException]:
   """`error` and the errors it was raised from or during, innermost last."""
   chain = []
@@ -140,21 +181,44 @@ def is_damage(error: BaseException) -> bool:
   return isinstance(error, KeyError) and _MISSING_ITEM in message
 
 
-class Checkpoints:
+class _KeepStep:
+  """Orbax preservation policy: keep the checkpoint of the step `step()` names (the best)."""
 
-  def __init__(self, directory, keep: int = 1, read_only: bool = False):
-    """`keep` newest checkpoints are kept; `read_only` opens another run's, changing nothing."""
+  def __init__(self, step):
+    self._step = step
+
+  def should_preserve(self, checkpoints, *, context):
+    del context
+    return [info.step == self._step() for info in checkpoints]
+
+
+class Checkpoints:
+  """A workdir's checkpoints: the newest `keep`, and the one whose step the loop names best.
+
+  Saves are asynchronous: `save` returns once the arrays are copied off the devices, and
+  Orbax writes them on its own threads, each to a temporary folder renamed when complete,
+  so a run killed meanwhile resumes from the checkpoint before. A save that fails is
+  reported, with its step, by the next `save` or by `wait`.
+  """
+
+  def __init__(self, directory, keep: int = 1, read_only: bool = False,
+               best_step=lambda: None):
+    """`read_only` opens another run's, changing nothing; `best_step()`: the step whose
+    checkpoint is kept beside the newest `keep` (None: none)."""
     self.directory, self._read_only = directory, read_only
+    policy = ocp.checkpoint_managers.AnyPreservationPolicy(
+        [ocp.checkpoint_managers.LatestN(n=keep), _KeepStep(best_step)])
     self._manager = ocp.CheckpointManager(
         directory,
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'loop_state': ocp.JsonCheckpointHandler()},
-        # Synchronous: orbax 0.12.8's background save races with its own
-        # temporary-folder creation on a busy host and loses the checkpoint.
-        options=ocp.CheckpointManagerOptions(max_to_keep=keep, create=not read_only,
-                                             read_only=read_only,
-                                             enable_async_checkpointing=False))
+        options=ocp.CheckpointManagerOptions(
+            create=not read_only, read_only=read_only,
+            preservation_policy=None if read_only else policy,
+            enable_async_checkpointing=not read_only))
     self._last_saved = self._manager.latest_step()
+    self._writing = None   # (step, bytes) of the save in flight
+    _quiet_storage_failures()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -163,33 +227,53 @@ class Checkpoints:
     return str(epath.Path(self.directory) / str(step))
 
   def save(self, state, loop_state: dict) -> None:
-    """Writes the checkpoint of `state.step`, unless it is the one written last.
+    """Starts writing the checkpoint of `state.step`, unless it is the one saved last.
 
-    Raises StorageError if the storage refuses the write; the partial
-    checkpoint is removed where it can be (it never counts as one anyway).
+    Raises StorageError if the storage refuses this write or refused the one
+    before; what a refused write leaves is removed where it can be (it never
+    counts as a checkpoint anyway).
     """
     step = int(jax.device_get(state.step))
     if step == self._last_saved:
       return
+    self.wait()
     start = time.monotonic()
-    try:
+    self._writing = (step, checkpoint_bytes(state))
+    with self._reported():
       self._manager.save(step, args=ocp.args.Composite(
           state=ocp.args.StandardSave(_arrays(state)),
           loop_state=ocp.args.JsonSave(loop_state)), force=True)
+    self._last_saved = step
+    logging.info('Checkpoint %s: the step waited %.2f s for it; it is written in the '
+                 'background.', self.path(step), time.monotonic() - start)
+
+  def wait(self) -> None:
+    """Waits for the save in flight; StorageError if the storage refused it."""
+    if self._writing is not None:
+      with self._reported():
+        self._manager.wait_until_finished()
+      self._writing = None
+
+  @contextlib.contextmanager
+  def _reported(self):
+    """A failure of the save in flight as a StorageError that names its step."""
+    try:
+      yield
     except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
+      step, size = self._writing
+      self._writing = None
       subject = f'The checkpoint of step {step} could not be written to {self.directory}'
-      size = ''
+      detail = ''
       if refused_write(e):   # the storage answers: tidy up, and say what one checkpoint needs
         self._remove_partial(step)
         free = free_bytes(self.directory)
-        size = (f' One checkpoint needs about {_gib(checkpoint_bytes(state))}'
-                f'{f", {_gib(free)} are free there" if free is not None else ""}.')
-      error = storage_error(e, subject, size)
+        detail = (f' One checkpoint needs about {_gib(size)}'
+                  f'{f", {_gib(free)} are free there" if free is not None else ""}.')
+      error = storage_error(e, subject, detail)
       if error is None:
         raise
+      self._manager.reload()   # the failed step is no checkpoint
       raise error from e
-    self._last_saved = step
-    logging.info('Checkpoint %s saved in %.2f s.', self.path(step), time.monotonic() - start)
 
   def _remove_partial(self, step: int) -> None:
     """Removes what a failed save of `step` left, best effort (Orbax skips it in any case)."""
@@ -241,6 +325,12 @@ class Checkpoints:
       return state.replace(**restored['state']), restored['loop_state']
     return None
 
+  def loop_state(self, step: int) -> dict:
+    """The loop's own state saved with checkpoint `step` (learning-rate schedule, best
+    step)."""
+    return self._manager.restore(step, args=ocp.args.Composite(
+        loop_state=ocp.args.JsonRestore()))['loop_state']
+
   def read_as_saved(self, step: int | None = None) -> dict:
     """The arrays of checkpoint `step` (default: the newest) with the shapes and dtypes they
     were saved with, whatever model this run builds: {'step', 'params', 'opt_state'}."""
@@ -265,6 +355,12 @@ class Checkpoints:
     self._manager.reload()
 
   def close(self) -> None:
+    """Waits for the save in flight (a failure is logged: the run is ending for another
+    reason, which stays the one reported) and closes."""
+    try:
+      self.wait()
+    except StorageError as e:
+      logging.error('%s', e)
     self._manager.close()
 
 
@@ -294,12 +390,37 @@ def restore_saved_params(workdir: str, which: str) -> tuple[dict, int]:
   return jax.tree.map(np.asarray, saved['params']), int(saved['step'])
 
 
+def best_step(workdir: str) -> int | None:
+  """The step of the lowest validation error a workdir's newest checkpoint records and keeps;
+  None where it records none (a run that has not evaluated, or keeps no best checkpoint)."""
+  directory = workdir_path(workdir) / 'checkpoints'
+  if not directory.is_dir():
+    return None
+  checkpoints = Checkpoints(str(directory), read_only=True)
+  try:
+    steps = checkpoints.all_steps()
+    if not steps:
+      return None
+    best = checkpoints.loop_state(steps[-1]).get('best_step')
+    return best if best in steps else None
+  finally:
+    checkpoints.close()
+
+
 def _open_chosen(workdir: str, which: str):
   """(read-only Checkpoints, step) of checkpoint `which` of a workdir; step None: the newest."""
   if which not in ('latest', 'best') and not which.isdigit():
     raise ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
+  root = workdir_path(workdir)
   step = int(which) if which.isdigit() else None
-  directory = workdir_path(workdir) / ('best' if which == 'best' else 'checkpoints')
+  directory = root / 'checkpoints'
+  if which == 'best':
+    step = best_step(workdir)
+    if step is None and (root / _LEGACY_BEST).is_dir():   # a run of an earlier version
+      directory = root / _LEGACY_BEST
+    elif step is None:
+      raise ConfigError(f'{workdir} keeps no best checkpoint (no evaluation yet, or trained '
+                        'with --config.keep_best_checkpoint=false): use --checkpoint=latest.')
   checkpoints = Checkpoints(str(directory), read_only=True) if directory.is_dir() else None
   steps = checkpoints.all_steps() if checkpoints else []
   if not steps or (step is not None and step not in steps):

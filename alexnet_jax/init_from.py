@@ -45,8 +45,7 @@ def initial_params(config, params):
   """`params` (this run's initialisation, placed on its mesh) with the layers of
   `config.init_from` in place of its own, placed the same way."""
   source = config.init_from
-  best = checkpointing.workdir_path(source) / 'best'
-  which = 'best' if best.is_dir() and any(best.iterdir()) else 'latest'
+  which = 'best' if checkpointing.best_step(source) is not None else 'latest'
   saved, step = checkpointing.restore_saved_params(source, which)
   fresh = set(reinit_layers(config))
   differences = []

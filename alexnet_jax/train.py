@@ -64,13 +64,12 @@ def train_and_evaluate(config, workdir: str) -> dict:
   state = create_train_state(config, model, mesh)
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
   root = checkpointing.workdir_path(workdir)
-  checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'),
-                                          keep=config.keep_checkpoints)
-  best = (checkpointing.Checkpoints(str(root / 'best'), keep=1)
-          if config.keep_best_checkpoint else None)
-  best_error = None   # the lowest validation top-1 error so far
+  best_error = best_step = None   # the lowest validation top-1 error so far, and its step
+  checkpoints = checkpointing.Checkpoints(
+      str(root / 'checkpoints'), keep=config.keep_checkpoints,
+      best_step=lambda: best_step if config.keep_best_checkpoint else None)
   pending_eval = False   # stopped during the evaluation of the step it saved
-  restored = _restore_newest(checkpoints, best, state)
+  restored = checkpoints.restore(state)
   if restored is None and config.init_from:
     state = state.replace(params=init_from.initial_params(config, state.params))
   elif config.init_from:
@@ -78,9 +77,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   if restored is not None:
     state, saved_loop_state = restored
     plateau.load_state_dict(saved_loop_state['plateau'])
-    # A checkpoint of best/ holds its own evaluation, the best so far.
-    best_error = saved_loop_state.get('best_top1_error',
-                                      saved_loop_state.get('eval', {}).get('top1_error'))
+    best_error = saved_loop_state.get('best_top1_error')
+    best_step = saved_loop_state.get('best_step')
     pending_eval = saved_loop_state.get('pending_eval', False)
   start_step = int(jax.device_get(state.step))
   _check_space(root, state, config.keep_checkpoints + 2)
@@ -107,7 +105,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
   def run_evaluation(step: int) -> bool:
     """Evaluates the state of `step` and acts on it: summaries, the learning-rate schedule,
     the best checkpoint. False if a preemption cut the evaluation short."""
-    nonlocal state, best_error, eval_metrics
+    nonlocal state, best_error, best_step, eval_metrics
     wall, cpu = time.monotonic(), time.thread_time()
     metrics = evaluate.evaluate(eval_step, [state.params], dataset, put,
                                 should_stop=preemption.should_stop)
@@ -123,16 +121,15 @@ def train_and_evaluate(config, workdir: str) -> dict:
       state = state.replace(opt_state=optim.set_learning_rate(state.opt_state,
                                                               plateau.learning_rate))
     if best_error is None or metrics['top1_error'] < best_error:
-      best_error = metrics['top1_error']
-      if best is not None:
-        best.save(state, {'plateau': plateau.state_dict(), 'eval': metrics})
-        logging.info('Lowest validation top-1 error so far, %.4f: kept in %s.', best_error,
-                     best.path(step))
+      best_error, best_step = metrics['top1_error'], step
+      if config.keep_best_checkpoint:
+        logging.info('Lowest validation top-1 error so far, %.4f: checkpoint %s is kept while '
+                     'it stays the lowest.', best_error, checkpoints.path(step))
     return True
 
   def save(pending: bool) -> None:
     checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': best_error,
-                             'pending_eval': pending})
+                             'best_step': best_step, 'pending_eval': pending})
     save_clock.saved()
 
   try:
@@ -143,6 +140,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.warning('Stopped again during the evaluation of step %d; checkpoint %s still '
                         'holds it. Run the same command to resume.', start_step,
                         checkpoints.path(start_step))
+        checkpoints.wait()
         return eval_metrics
     for step in range(start_step + 1, num_steps + 1):
       profile(step)
@@ -179,50 +177,23 @@ def train_and_evaluate(config, workdir: str) -> dict:
                         'resume.', step, ' before its evaluation' if evaluate_now and
                         not evaluated else '', checkpoints.path(step))
         break
+    checkpoints.wait()   # the last save written whole before the run says it ended
     writer.flush()
   except errors.StorageError as e:
-    newest = _newest_complete(checkpoints, best)
-    raise errors.StorageError(
-        f'{e} Then run the same command. It resumes from '
-        f'{newest or "step 0: no checkpoint is complete yet"}.') from e
+    newest = checkpoints.latest_step()
+    resumes = (checkpoints.path(newest) if newest is not None else
+               'step 0: no checkpoint is complete yet')
+    raise errors.StorageError(f'{e} Then run the same command. It resumes from {resumes}.') from e
   finally:
     batches.close()
     profile.stop()
     preemption.close()
     checkpoints.close()
-    if best is not None:
-      best.close()
     try:
       writer.close()
     except errors.StorageError as e:   # stopping anyway: say so, keep the first error
       logging.error('%s', e)
   return eval_metrics
-
-
-def _restore_newest(checkpoints, best, state):
-  """(state, loop_state) of the newest complete checkpoint, regular or best/, or None.
-
-  best/ is written before the regular checkpoint of the same step: when a full disk stopped
-  the second, best/ holds the newest state.
-  """
-  regular_step = checkpoints.latest_step()
-  best_step = best.latest_step() if best is not None else None
-  if best_step is not None and (regular_step is None or best_step > regular_step):
-    restored = best.restore(state)
-    if restored is not None:
-      logging.info('Resuming from %s: newer than the newest regular checkpoint (%s).',
-                   best.path(best_step), regular_step)
-      return restored
-  return checkpoints.restore(state)
-
-
-def _newest_complete(checkpoints, best) -> str | None:
-  steps = [(m.latest_step(), m) for m in (checkpoints, best) if m is not None]
-  steps = [(step, m) for step, m in steps if step is not None]
-  if not steps:
-    return None
-  step, manager = max(steps, key=lambda pair: pair[0])
-  return manager.path(step)
 
 
 def _check_space(root, state, checkpoints_needed: int) -> None:
@@ -231,7 +202,7 @@ def _check_space(root, state, checkpoints_needed: int) -> None:
   if free is not None and free < checkpoints_needed * size:
     logging.warning(
         'The workdir %s has %.2f GiB free; %d checkpoints of %.2f GiB (keep_checkpoints + 2: '
-        'the kept ones, best/ and one being written) need %.2f GiB. Free space, or lower '
+        'the newest ones, the best and one being written) need %.2f GiB. Free space, or lower '
         '--config.keep_checkpoints, before a save fails.', root, free / 2**30,
         checkpoints_needed, size / 2**30, checkpoints_needed * size / 2**30)
 

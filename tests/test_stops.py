@@ -33,13 +33,13 @@ def _newest(workdir) -> int | None:
   return max(steps, default=None)
 
 
-def _start(workdir, num_train_steps):
+def _start(workdir, num_train_steps, **overrides):
   """main.py in a process group of its own, as a terminal starts a command."""
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
   flags = [f'--config.{k}={v}' for k, v in {
       **SETTINGS, 'num_train_steps': num_train_steps, 'synthetic.train_examples': 64,
-      'synthetic.eval_examples': 13}.items()]
+      'synthetic.eval_examples': 13, **overrides}.items()]
   return subprocess.Popen(
       [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdir}',
        *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
@@ -158,4 +158,27 @@ def test_a_signal_while_the_trainer_waits_on_a_slow_loader_saves_at_once(tmp_pat
   train.train_and_evaluate(_config(end), workdir)
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(end), straight)
+  assert_same_tree(saved_state(workdir, end), saved_state(straight, end))
+
+
+@pytest.mark.slow
+def test_a_kill_during_an_asynchronous_save_resumes_from_the_checkpoint_before(tmp_path):
+  """SIGKILL while step 10's checkpoint is being written in the background (its temporary
+  folder is there): that step is no checkpoint, the run resumes from step 5 and ends where an
+  uninterrupted run ends."""
+  workdir = str(tmp_path / 'run')
+  wide = dict(width=0.5)   # a checkpoint of about 110 MB: long enough to be caught writing
+  process = _start(workdir, 5000, **wide)
+  checkpoints = pathlib.Path(workdir, 'checkpoints')
+  deadline = time.monotonic() + 300
+  while not list(checkpoints.glob('10.orbax-checkpoint-tmp*')):
+    assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
+    time.sleep(0.002)
+  os.killpg(process.pid, signal.SIGKILL)
+  process.wait(timeout=60)
+  assert _newest(workdir) == 5, sorted(os.listdir(checkpoints))
+  end = 13
+  train.train_and_evaluate(_config(end, **wide), workdir)
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(_config(end, **wide), straight)
   assert_same_tree(saved_state(workdir, end), saved_state(straight, end))

@@ -4,6 +4,9 @@ complete, and the next run resumes from the newest complete state."""
 import errno
 import logging
 import os
+import pathlib
+import subprocess
+import sys
 
 import numpy as np
 import orbax.checkpoint as ocp
@@ -17,11 +20,12 @@ SAVE = ocp.CheckpointManager.save
 
 
 _config = run_config   # tiny_config saves every 2 steps; evaluated every 2 too
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
 def improving(monkeypatch):
-  """Every evaluation's top-1 error below the one before it: each one is kept in best/."""
+  """Every evaluation's top-1 error below the one before it: each one is the best so far."""
   real_evaluate, count = train.evaluate.evaluate, []
 
   def evaluate(*args, **kwargs):
@@ -35,12 +39,12 @@ def improving(monkeypatch):
 
 @pytest.fixture
 def disk_full_at_step_4(monkeypatch):
-  """The regular checkpoint of step 4 meets a full disk, after Orbax made its temporary
-  folder; best/ (written first) and every other save go through."""
+  """The checkpoint of step 4 meets a full disk, after Orbax made its temporary folder;
+  every other save goes through."""
   save = SAVE
 
   def full(manager, step, *args, **kwargs):
-    if step == 4 and str(manager.directory).endswith('checkpoints'):
+    if step == 4:
       (manager.directory / f'{step}.orbax-checkpoint-tmp-1234').mkdir()
       raise ValueError('RESOURCE_EXHAUSTED: Error writing local file "...": '
                        '[OS error 28: No space left on device]')
@@ -59,14 +63,13 @@ def test_a_full_disk_stops_the_run_with_what_to_do_and_the_next_run_loses_nothin
   assert f'The checkpoint of step 4 could not be written to {workdir}/checkpoints' in message
   assert 'no space is left on the device' in message and 'needs about' in message
   assert 'GiB are free there' in message and '--config.keep_checkpoints' in message
-  assert f'It resumes from {workdir}/best/4' in message
+  assert f'It resumes from {workdir}/checkpoints/2' in message
   assert sorted(os.listdir(tmp_path / 'full' / 'checkpoints')) == ['2']   # no partial left
-  assert os.listdir(tmp_path / 'full' / 'best') == ['4']
 
   disk_full_at_step_4.setattr(ocp.CheckpointManager, 'save', SAVE)   # space freed
   caplog.set_level(logging.INFO)
   train.train_and_evaluate(_config(6), workdir)
-  assert f'Resuming from {workdir}/best/4' in caplog.text
+  assert f'Restored the checkpoint of step 2 from {workdir}/checkpoints' in caplog.text
   straight = str(tmp_path / 'straight')
   train.train_and_evaluate(_config(6), straight)
   assert_same_tree(saved_state(workdir, 6), saved_state(straight, 6))
@@ -76,7 +79,7 @@ def test_too_little_space_for_the_checkpoints_is_warned_at_start_up(tmp_path, mo
                                                                      caplog):
   monkeypatch.setattr(checkpointing, 'free_bytes', lambda directory: 1000)
   train.train_and_evaluate(_config(1), str(tmp_path))
-  assert 'has 0.00 GiB free; 5 checkpoints of' in caplog.text   # keep 3, + best/ + one written
+  assert 'has 0.00 GiB free; 5 checkpoints of' in caplog.text   # keep 3, the best, one written
 
 
 def test_a_full_disk_leaves_no_half_written_colour_statistics(tmp_path, monkeypatch):
@@ -159,3 +162,46 @@ def test_a_workdir_whose_storage_cannot_be_reached_is_refused_with_what_to_check
   with pytest.raises(errors.ConfigError, match='check the network, the bucket and its '
                      'permissions from this host'):
     config_checks.check_workdir('gs://a-bucket/run')
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+  """A 4 MiB file system of its own (tmpfs), mounted for the test: root only."""
+  mount = tmp_path / 'small'
+  mount.mkdir()
+  result = subprocess.run(['mount', '-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', str(mount)],
+                          capture_output=True, text=True)
+  if result.returncode != 0:
+    pytest.skip(f'cannot mount a small file system here ({result.stderr.strip()}): needs root')
+  yield mount
+  subprocess.run(['umount', str(mount)], check=False)
+
+
+@pytest.mark.slow
+def test_a_real_full_disk_prints_one_message_and_no_traceback_and_a_rerun_loses_nothing(
+    small_disk, tmp_path):
+  """main.py on a file system that fills at the second save: Orbax's and tensorstore's
+  threads meet the full disk too, but the run prints one message and no traceback; with
+  room made, the same command resumes and ends where a run on a large disk ends."""
+  workdir = small_disk / 'run'
+  flags = [f'--config.{k}={v}' for k, v in dict(
+      width=0.125, image_size=64, resize_size=73, global_batch_size=8, log_every_steps=2,
+      checkpoint_every_steps=2, eval_every_steps=1000, num_train_steps=8,
+      **{'synthetic.train_examples': 64, 'synthetic.eval_examples': 13}).items()]
+  command = [sys.executable, 'main.py', '--config=configs/alexnet.py:demo',
+             f'--workdir={workdir}', *flags]
+  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2'}
+  full = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  output = full.stdout + full.stderr
+  assert full.returncode == 1, output[-3000:]
+  assert 'Traceback' not in output and 'Event loop is closed' not in output, output[-5000:]
+  assert output.count('error: The checkpoint of step') == 1, output[-3000:]
+  assert 'no space is left on the device' in output
+  subprocess.run(['mount', '-o', 'remount,size=64m', str(small_disk)], check=True)
+  again = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+  assert again.returncode == 0, (again.stdout + again.stderr)[-3000:]
+  straight = str(tmp_path / 'straight')
+  train.train_and_evaluate(_config(8, checkpoint_every_steps=2, eval_every_steps=1000,
+                                   width=0.125), straight)
+  assert_same_tree(saved_state(str(workdir), 8), saved_state(straight, 8))
