@@ -4,7 +4,7 @@ Every layer is taken from DIR's best checkpoint (its newest where it keeps no be
 except fc8 when the two runs' class counts differ and any layer named in
 `--config.reinit_layers`: those keep this run's own initialisation. The optimiser state
 (momentum) and the step start afresh. DIR is only read; it may be a workdir trained here or
-one made by `python -m alexnet_jax.weights import`.
+one made by `python -m alexnet_jax.commands.weights import`.
 """
 
 import logging
@@ -38,7 +38,7 @@ def check(config) -> None:
     return
   if not checkpointing.workdir_path(config.init_from).exists():
     raise ConfigError(f'--config.init_from={config.init_from} does not exist: name a trained '
-                      'workdir, or one written by python -m alexnet_jax.weights import.')
+                      'workdir, or one written by python -m alexnet_jax.commands.weights import.')
 
 
 def initial_params(config, params):

@@ -98,7 +98,7 @@ class TowerConv(nn.Module):
   convolution per tower whose outputs are concatenated, as the paper's two
   GPUs did. Written this way because XLA's CPU backend runs a grouped
   convolution and its gradients 4 to 6 times slower than the same
-  convolutions split (`python -m alexnet_jax.benchmark`, BENCHMARKS.md).
+  convolutions split (`python -m alexnet_jax.commands.benchmark`, BENCHMARKS.md).
   """
   features: int
   kernel_size: int

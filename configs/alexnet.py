@@ -5,7 +5,7 @@
   demo           a narrow one-tower AlexNet on generated images: no download, minutes on a CPU
   imagenette     a reduced one-tower AlexNet on ../shared/data/imagenette (real JPEGs, 10 classes)
   torchvision    owt with torchvision's input normalisation: the config of weights imported
-                 from torchvision (`python -m alexnet_jax.weights import`), and of fine-tuning them
+                 from torchvision (`python -m alexnet_jax.commands.weights import`), and of fine-tuning them
 
 Any field can be overridden, e.g. `--config.global_batch_size=256`.
 """
@@ -35,7 +35,7 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.model_axis_size = 1
 
   # Data (section 4.1; alexnet_jax/data/__init__.py).
-  # A store prepared by `python -m alexnet_jax.data.prepare` (a name in data_dir, or a path),
+  # A store prepared by `python -m alexnet_jax.commands.prepare` (a name in data_dir, or a path),
   # 'image_folder:ROOT' (ROOT/train/<class>/*, ROOT/val/<class>/*, read as they are) or
   # 'synthetic'.
   config.dataset = 'imagenet2012'
@@ -64,7 +64,7 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
                        (-0.5808, -0.0045, -0.8140),
                        (-0.5836, -0.6948, 0.4203))
   # 'config': mean_rgb and the PCA above; 'computed': those of this training set, from
-  # WORKDIR/color_stats.json, written by `python -m alexnet_jax.color_stats`.
+  # WORKDIR/color_stats.json, written by `python -m alexnet_jax.commands.color_stats`.
   config.color_stats = 'config'
   config.synthetic = ml_collections.ConfigDict(
       dict(num_classes=10, train_examples=12_800, eval_examples=1_000))
@@ -92,7 +92,7 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.profile_steps = 0         # positive: trace this many steps for TensorBoard's profiler
   config.profile_first_step = 10   # ... starting this many steps into the run
   config.seed = 0
-  # Fine-tuning: a workdir (trained here, or imported by `python -m alexnet_jax.weights
+  # Fine-tuning: a workdir (trained here, or imported by `python -m alexnet_jax.commands.weights
   # import`) whose parameters start this run, from its best checkpoint if it keeps one, else
   # its newest. fc8 starts afresh when the class counts differ, and so does every layer named
   # in reinit_layers (comma-separated, e.g. 'fc7,fc8'); the optimiser state starts afresh.
@@ -127,7 +127,7 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   elif variant == 'imagenette':
     # Real ImageNet JPEGs, 10 classes, on 2 CPU cores: a half-width single-tower net on
     # 96x96 patches of 110x110 squares, from the store that
-    #   python -m alexnet_jax.data.prepare --source=image_folder:../shared/data/imagenette --size=110
+    #   python -m alexnet_jax.commands.prepare --source=image_folder:../shared/data/imagenette --size=110
     # writes (~/alexnet_jax_data/imagenette_110).
     _one_weird_trick(config)
     config.dataset = 'imagenette_110'

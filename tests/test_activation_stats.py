@@ -1,10 +1,11 @@
-"""The layer table of `python -m alexnet_jax.activation_stats`: firing and dead units."""
+"""The layer table of `python -m alexnet_jax.commands.activation_stats`: firing and dead units."""
 
 import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import activation_stats, parallel, train
+from alexnet_jax import parallel, train
+from alexnet_jax.commands import activation_stats
 from alexnet_jax.data import augment
 from tests.conftest import tiny_config
 

@@ -6,8 +6,9 @@ import sys
 
 import numpy as np
 
-from alexnet_jax import benchmark, benchmark_loop, models
-from alexnet_jax.data import prepare, store
+from alexnet_jax import models
+from alexnet_jax.commands import benchmark, benchmark_loop, prepare
+from alexnet_jax.data import store
 from tests.conftest import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -15,7 +16,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 def test_benchmark_imports_no_tensorflow():
   # The GPU machines it is meant for have JAX but no TensorFlow.
-  code = 'import sys, alexnet_jax.benchmark; assert "tensorflow" not in sys.modules, sorted(sys.modules)'
+  code = 'import sys, alexnet_jax.commands.benchmark; assert "tensorflow" not in sys.modules, sorted(sys.modules)'
   subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -44,7 +45,7 @@ def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
 
 
 def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
-  command = [sys.executable, '-m', 'alexnet_jax.benchmark', '--models=owt', '--dtypes=float32',
+  command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', '--models=owt', '--dtypes=float32',
              '--batch_sizes=4', '--image_size=64', '--num_classes=10', '--steps=1',
              '--repeats=1', '--warmup=0', '--no_torch']
   output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
@@ -62,7 +63,7 @@ def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
   prepare.prepare(f'image_folder:{folder}', str(store),
                   prepare.Options(size=73, images_per_shard=16, workers=0), progress=False)
   code = ('import runpy, sys; sys.argv = sys.argv[1:]; '
-          'runpy.run_module("alexnet_jax.benchmark_loop", run_name="__main__"); '
+          'runpy.run_module("alexnet_jax.commands.benchmark_loop", run_name="__main__"); '
           'banned = [m for m in ("tensorflow", "clu", "ml_collections") if m in sys.modules]; '
           'assert not banned, banned')
   output = subprocess.run(

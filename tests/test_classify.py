@@ -11,10 +11,10 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import (checkpointing, class_names, classify, color_stats, data, parallel,
-                         torch_file, train, weights)
+from alexnet_jax import checkpointing, class_names, color_stats, data, parallel, torch_file, train
+from alexnet_jax.commands import classify, weights
 from alexnet_jax.data import image_folder
-from alexnet_jax.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from configs import alexnet
 from tests import test_weights
 from tests.conftest import IMAGENETTE, NUM_DEVICES
@@ -168,7 +168,7 @@ def test_the_command_prints_json_and_exits_1_naming_the_bad_image(imported, tmp_
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.classify', f'--workdir={workdir}', '--json',
+      [sys.executable, '-m', 'alexnet_jax.commands.classify', f'--workdir={workdir}', '--json',
        str(root / 'val' / 'n03888257'), str(bad)], cwd=ROOT, env=env, capture_output=True,
       text=True, timeout=300)
   assert result.returncode == 1, result.stderr[-3000:]

@@ -6,6 +6,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import color_stats, errors, train
+from alexnet_jax.commands import color_stats as compute_color_stats
 from tests.conftest import tiny_config
 
 COLOURS = {'a': (200, 100, 50), 'b': (100, 50, 150)}
@@ -26,7 +27,7 @@ def two_colour_folder(tmp_path):
 
 
 def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_folder):
-  stats = color_stats.compute(two_colour_folder, max_images=16)
+  stats = compute_color_stats.compute(two_colour_folder, max_images=16)
   assert stats['images'] == 16
   np.testing.assert_allclose(stats['mean_rgb'], [150, 75, 100], atol=1e-6)
   # The two colours are mean +- d/2, d = (100, 50, -100), |d| = 150: one component of variance
@@ -43,7 +44,7 @@ def test_two_colour_set_gives_the_hand_computed_mean_and_components(two_colour_f
 
 def test_more_images_asked_for_than_an_epoch_holds_counts_each_image_once(two_colour_folder):
   two_colour_folder.global_batch_size = 3   # 16 images: 5 batches, one image left over
-  stats = color_stats.compute(two_colour_folder, max_images=1000)
+  stats = compute_color_stats.compute(two_colour_folder, max_images=1000)
   assert stats['images'] == 15   # not 16 or more, which the next epoch's reshuffle would add
 
 
@@ -52,9 +53,9 @@ def test_computed_statistics_are_required_then_read_from_the_workdir_for_the_run
   config.color_stats = 'computed'
   config.num_train_steps, config.eval_every_steps = 2, 2
   workdir = str(tmp_path / 'work')
-  with pytest.raises(errors.ConfigError, match='python -m alexnet_jax.color_stats'):
+  with pytest.raises(errors.ConfigError, match='python -m alexnet_jax.commands.color_stats'):
     train.train_and_evaluate(config, workdir)
-  color_stats.save(color_stats.compute(config, max_images=16), workdir)
+  color_stats.save(compute_color_stats.compute(config, max_images=16), workdir)
   aug = color_stats.augmentation(config, workdir)
   np.testing.assert_allclose(aug.mean, [150, 75, 100], atol=1e-6)
   assert aug.pca_eigval[0] == pytest.approx(75**2 / 255, rel=1e-6)

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data, errors
-from alexnet_jax.data import prepare, synthetic
+from alexnet_jax.commands import prepare
+from alexnet_jax.data import synthetic
 from tests.conftest import tiny_config, write_image_folder
 
 
@@ -165,7 +166,7 @@ def test_a_dataset_not_prepared_names_the_command_that_prepares_it(tmp_path):
     data.create(config, 4)
   message = str(raised.value)
   assert 'is not prepared' in message
-  assert (f'python -m alexnet_jax.data.prepare --source=imagenet2012 --size=73 '
+  assert (f'python -m alexnet_jax.commands.prepare --source=imagenet2012 --size=73 '
           f'--out={tmp_path / "imagenet2012"}') in message and '--manual_dir' in message
 
 

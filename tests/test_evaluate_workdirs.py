@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from alexnet_jax import errors, train
-from alexnet_jax.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from tests.conftest import NUM_DEVICES, run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ def test_command_prints_each_model_and_the_ensemble(workdirs):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.evaluate_workdirs', '--config=configs/alexnet.py:demo',
+      [sys.executable, '-m', 'alexnet_jax.commands.evaluate_workdirs', '--config=configs/alexnet.py:demo',
        f'--workdirs={",".join(workdirs)}', *[f'--config.{k}={v}' for k, v in tiny.items()]],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]

@@ -6,7 +6,8 @@ import os
 import numpy as np
 from PIL import Image
 
-from alexnet_jax import figures, train
+from alexnet_jax import train
+from alexnet_jax.commands import figures
 from tests.conftest import tiny_config
 
 

@@ -14,8 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from alexnet_jax import checkpointing, errors, figures, plot_curves, preemption, summaries, train
-from alexnet_jax.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax import checkpointing, errors, preemption, summaries, train
+from alexnet_jax.commands import figures, plot_curves
+from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from tests import gcs_emulator
 from tests.conftest import assert_same_tree, run_config, saved_state
 

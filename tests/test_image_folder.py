@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import data, errors, train
-from alexnet_jax.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from tests.conftest import IMAGENETTE, tiny_config
 
 pytestmark = pytest.mark.skipif(

@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, errors, init_from, model_record, train, weights
+from alexnet_jax import checkpointing, errors, init_from, model_record, train
+from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import run_config, saved_state
 

@@ -2,7 +2,8 @@
 
 import pytest
 
-from alexnet_jax import plot_curves, summaries
+from alexnet_jax import summaries
+from alexnet_jax.commands import plot_curves
 
 
 def test_scalars_written_by_the_trainer_are_read_back_and_plotted(tmp_path):

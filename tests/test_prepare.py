@@ -16,7 +16,8 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import data
-from alexnet_jax.data import prepare, store
+from alexnet_jax.commands import prepare
+from alexnet_jax.data import store
 from tests.conftest import IMAGENETTE, NUM_DEVICES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,7 +63,7 @@ def ilsvrc_tars(tmp_path):
 def test_imagenet_tars_to_a_store_then_training_and_a_resume(ilsvrc_tars, tmp_path):
   out = tmp_path / 'alexnet_data' / 'imagenet2012_73'
   prepared = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.data.prepare', '--source=imagenet2012',
+      [sys.executable, '-m', 'alexnet_jax.commands.prepare', '--source=imagenet2012',
        f'--manual_dir={ilsvrc_tars}', f'--tfds_data_dir={tmp_path / "tfds"}', f'--out={out}',
        '--size=73', '--workers=2'],
       cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)

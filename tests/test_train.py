@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors, train
-from alexnet_jax.data import prepare
+from alexnet_jax.commands import prepare
 from configs import alexnet
 from tests.conftest import assert_same_tree, saved_state, tiny_config, write_image_folder
 
@@ -94,6 +94,6 @@ def test_main_without_imagenet_prints_how_to_prepare_it(tmp_path):
        f'--workdir={tmp_path / "work"}', f'--config.data_dir={tmp_path / "data"}'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert result.returncode != 0
-  assert ('python -m alexnet_jax.data.prepare --source=imagenet2012 --size=256 '
+  assert ('python -m alexnet_jax.commands.prepare --source=imagenet2012 --size=256 '
           f'--out={tmp_path / "data" / "imagenet2012"} --manual_dir=') in result.stderr
   assert 'Traceback' not in result.stderr

@@ -14,7 +14,8 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from alexnet_jax import (checkpointing, class_names, errors, model_record, torch_file,
-                         torchvision_layout, train, weights)
+                         torchvision_layout, train)
+from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import NUM_DEVICES, assert_same_tree, saved_state
 
@@ -184,9 +185,9 @@ def test_the_import_command(tmp_path):
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
          'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
   result = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.weights', 'import', f'--from={FIXTURE}',
+      [sys.executable, '-m', 'alexnet_jax.commands.weights', 'import', f'--from={FIXTURE}',
        f'--workdir={tmp_path / "work"}'], cwd=ROOT, env=env, capture_output=True, text=True,
       timeout=300)
   assert result.returncode == 0, result.stderr[-3000:]
   assert 'owt AlexNet, width 0.015625, 10 classes' in result.stdout
-  assert f'python -m alexnet_jax.classify --workdir={tmp_path / "work"}' in result.stdout
+  assert f'python -m alexnet_jax.commands.classify --workdir={tmp_path / "work"}' in result.stdout

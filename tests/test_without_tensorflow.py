@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from alexnet_jax import benchmark_loop, summaries
+from alexnet_jax import summaries
+from alexnet_jax.commands import benchmark_loop
 from alexnet_jax.data import loader
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -34,7 +35,7 @@ def test_the_host_benchmark_trains_main_and_resumes_without_tensorflow(without_t
                                                                         tmp_path):
   work = tmp_path / 'host'
   output = subprocess.run(
-      [sys.executable, '-m', 'alexnet_jax.benchmark_host', f'--work={work}', '--images=48',
+      [sys.executable, '-m', 'alexnet_jax.commands.benchmark_host', f'--work={work}', '--images=48',
        '--stored_size=73', '--image_size=64', '--width=0.125', '--models=owt',
        '--batch_sizes=8', '--input_batch=8', '--steps=2', '--warmup=1', '--train_steps=4',
        '--resume_steps=2', '--log_every=2'],

@@ -1,9 +1,9 @@
 """The data path: sources -> the one-time 256x256 store -> grain loader -> device augmentation.
 
-  image_folder.py, TFDS (prepare.py), synthetic.py   where images come from
+  image_folder.py, TFDS, synthetic.py   where images come from
   decode.py      encoded image -> the paper's square (shorter side to S, centre S x S)
-  prepare.py     `python -m alexnet_jax.data.prepare`: a source, written once as a store
-  store.py       the store: ArrayRecord shards of S x S JPEG or raw pixels
+  store.py       the store: ArrayRecord shards of S x S JPEG or raw pixels, written once
+                 from a source by `python -m alexnet_jax.commands.prepare`
   loader.py      per-host batches of S x S uint8 images, shuffled, decoded by worker processes
   augment.py     on the device, inside the jitted step: the paper's patches, reflections,
                  PCA lighting and mean subtraction
@@ -38,7 +38,7 @@ def prepare_command(dataset: str, data_dir: str | None, size: int) -> str:
   """The command that prepares the store `dataset` names."""
   path = store_path(dataset, data_dir)
   source = dataset if '/' not in dataset else 'SOURCE'
-  command = f'python -m alexnet_jax.data.prepare --source={source} --size={size} --out={path}'
+  command = f'python -m alexnet_jax.commands.prepare --source={source} --size={size} --out={path}'
   if source == 'imagenet2012':
     command += ' --manual_dir=DIR_WITH_THE_ILSVRC2012_TARS'
   return command

@@ -1,6 +1,6 @@
 """The prepared store: every image once at the paper's 256x256, in ArrayRecord shards.
 
-A store is a folder written by `python -m alexnet_jax.data.prepare`:
+A store is a folder written by `python -m alexnet_jax.commands.prepare`:
 
     metadata.json                         written last: the store is complete once it exists
     train-00000-of-00013.array_record     one record per image

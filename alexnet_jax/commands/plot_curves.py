@@ -1,4 +1,4 @@
-"""Training curves of a workdir as a PNG: `python -m alexnet_jax.plot_curves WORKDIR OUT.png`.
+"""Training curves of a workdir as a PNG: `python -m alexnet_jax.commands.plot_curves WORKDIR OUT.png`.
 
 Reads the scalars the trainer wrote to TensorBoard event files in WORKDIR and
 plots, against epochs, the training and validation loss (left) and the

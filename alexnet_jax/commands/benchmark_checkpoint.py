@@ -1,7 +1,7 @@
 """What a checkpoint costs: how long the step waits for a save, how long the save takes to
 be written, a restore, and bytes on disk.
 
-  python -m alexnet_jax.benchmark_checkpoint --models=paper,owt --saves=3 --dir=/tmp/ckpt \
+  python -m alexnet_jax.commands.benchmark_checkpoint --models=paper,owt --saves=3 --dir=/tmp/ckpt \
       --batch=128
 
 For each model (1000 classes) it saves the trainer's state (`checkpointing.Checkpoints`,
@@ -24,7 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import benchmark, checkpointing, models, optim, parallel
+from alexnet_jax import checkpointing, models, optim, parallel
+from alexnet_jax.commands import benchmark
 
 
 def _du(path) -> int:

@@ -1,4 +1,4 @@
-"""Training-step throughput: `python -m alexnet_jax.benchmark`.
+"""Training-step throughput: `python -m alexnet_jax.commands.benchmark`.
 
 Times the trainer's own step (`parallel.make_train_step`: the paper's patches,
 reflections and colour shift cut on the device from 256x256 images, the same
@@ -16,7 +16,7 @@ written below) is timed as a training step on the same device and batch, and
 the ratio JAX/PyTorch is printed: on shared, noisy machines a side-by-side
 ratio says more than an absolute time. Imports no TensorFlow.
 
-  python -m alexnet_jax.benchmark --models=owt,paper --dtypes=float32,bfloat16 \
+  python -m alexnet_jax.commands.benchmark --models=owt,paper --dtypes=float32,bfloat16 \
       --batch_sizes=128,256 --steps=20
 """
 
@@ -236,7 +236,7 @@ def _row_in_child_process(args, variant: str, dtype: str, batch: int, model_axis
            for name, value in vars(args).items()
            # `is`, not `==`: a flag of 0 (--warmup=0) equals False and is passed on too.
            if value is not None and value is not False and name not in listed]
-  command = [sys.executable, '-m', 'alexnet_jax.benchmark', f'--models={variant}',
+  command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', f'--models={variant}',
              f'--dtypes={dtype}', f'--batch_sizes={batch}',
              f'--model_axis_sizes={model_axis_size}', *flags, '--row_json']
   output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout

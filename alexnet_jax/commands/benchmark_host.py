@@ -1,6 +1,6 @@
 """One command that measures an accelerator host: its input, its step, the loop, the trainer.
 
-  python -m alexnet_jax.benchmark_host --work=/tmp/alexnet_host
+  python -m alexnet_jax.commands.benchmark_host --work=/tmp/alexnet_host
 
 Needs JAX for the host's accelerators and the project's requirements other than
 TensorFlow and TFDS (grain, array_record, simplejpeg, clu, ml_collections, ...):
@@ -32,7 +32,8 @@ import time
 
 import jax
 
-from alexnet_jax import benchmark_loop, platform
+from alexnet_jax import platform
+from alexnet_jax.commands import benchmark_loop
 from alexnet_jax.data import loader, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

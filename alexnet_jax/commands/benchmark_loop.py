@@ -1,7 +1,7 @@
 """The training loop's real speed: input and step together, beside each alone.
 
-  python -m alexnet_jax.benchmark_loop --store=~/alexnet_jax_data/imagenet2012
-  python -m alexnet_jax.benchmark_loop --photo_like=4000 --input_only
+  python -m alexnet_jax.commands.benchmark_loop --store=~/alexnet_jax_data/imagenet2012
+  python -m alexnet_jax.commands.benchmark_loop --photo_like=4000 --input_only
 
 Rows, all on the same model, batch and devices:
 - decode alone: the store's JPEGs decoded in a loop on one core, each into the
@@ -42,8 +42,9 @@ import jax.numpy as jnp
 import numpy as np
 import simplejpeg
 
-from alexnet_jax import benchmark, models, optim, parallel, platform
-from alexnet_jax.data import image_folder, loader, prepare, store, synthetic
+from alexnet_jax import models, optim, parallel, platform
+from alexnet_jax.commands import benchmark, prepare
+from alexnet_jax.data import image_folder, loader, store, synthetic
 
 FULL_SIZE = (500, 375)   # (width, height) of a typical ImageNet photo
 

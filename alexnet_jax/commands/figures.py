@@ -1,6 +1,6 @@
 """The paper's figures from a trained workdir, as PNG files and in its TensorBoard.
 
-  python -m alexnet_jax.figures --config=configs/alexnet.py --workdir=/ckpt --out=/ckpt/figures
+  python -m alexnet_jax.commands.figures --config=configs/alexnet.py --workdir=/ckpt --out=/ckpt/figures
 
 - conv1_kernels.png (figure 3): conv1's kernels as a grid of colour patches;
   for the two-tower model, the first tower's kernels fill the top rows.
@@ -100,7 +100,7 @@ def _canvas(fig) -> np.ndarray:
 def make_figures(config, workdir: str, which: str, out: str, num_images: int,
                  pool_size: int) -> dict[str, str]:
   """Writes the three PNG files to `out` and their images to TensorBoard; {name: path}."""
-  parallel.one_host_only('python -m alexnet_jax.figures')
+  parallel.one_host_only('python -m alexnet_jax.commands.figures')
   mesh = parallel.make_mesh()
   aug = color_stats.augmentation(config, workdir)
   dataset = data.create(config, config.global_batch_size)

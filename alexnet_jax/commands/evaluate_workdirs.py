@@ -1,6 +1,6 @@
 """Evaluate trained workdirs without training, alone and as an ensemble.
 
-  python -m alexnet_jax.evaluate_workdirs --config=configs/alexnet.py \
+  python -m alexnet_jax.commands.evaluate_workdirs --config=configs/alexnet.py \
       --workdirs=/ckpt/a,/ckpt/b --checkpoint=best --config.eval_ten_crop=true
 
 Each workdir's checkpoint (`latest`, `best`, or a step number) is restored with
@@ -24,7 +24,7 @@ from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
-  parallel.one_host_only('python -m alexnet_jax.evaluate_workdirs')
+  parallel.one_host_only('python -m alexnet_jax.commands.evaluate_workdirs')
   config_checks.check(config, jax.device_count(), jax.local_device_count())
   mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
   # The mean each workdir was trained with (its own, with color_stats=computed).

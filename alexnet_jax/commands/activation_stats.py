@@ -1,6 +1,6 @@
 """Why a network does not learn: each layer's outputs at initialisation and after a few steps.
 
-  python -m alexnet_jax.activation_stats --config=configs/alexnet.py \
+  python -m alexnet_jax.commands.activation_stats --config=configs/alexnet.py \
       --config.dataset=imagenette --steps=10
 
 On one batch of the config's validation split (the centre patches), before

@@ -1,7 +1,7 @@
 """torchvision's AlexNet weights in and out of a workdir.
 
-  python -m alexnet_jax.weights import --from=alexnet-owt-7be5be79.pth --workdir=/ckpt/torchvision
-  python -m alexnet_jax.weights export --workdir=/ckpt/run --to=/tmp/alexnet.pth [--checkpoint=best]
+  python -m alexnet_jax.commands.weights import --from=alexnet-owt-7be5be79.pth --workdir=/ckpt/torchvision
+  python -m alexnet_jax.commands.weights export --workdir=/ckpt/run --to=/tmp/alexnet.pth [--checkpoint=best]
 
 `import` reads a state dict of torchvision's AlexNet (the file its weights URL serves, or
 any `torch.save(model.state_dict(), ...)` of that layout; no PyTorch needed) and writes it
@@ -36,7 +36,7 @@ IMPORTED_STEP = 0
 def import_weights(source: str, workdir: str, config) -> dict:
   """Writes the state dict in `source` as the checkpoint of step 0 in `workdir`; returns
   what was imported. Everything is read and checked before anything is written."""
-  parallel.one_host_only('python -m alexnet_jax.weights import')
+  parallel.one_host_only('python -m alexnet_jax.commands.weights import')
   root = checkpointing.workdir_path(workdir)
   for folder in ('checkpoints', 'best'):
     if (root / folder).is_dir() and any((root / folder).iterdir()):
@@ -69,7 +69,7 @@ def import_weights(source: str, workdir: str, config) -> dict:
 
 def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
   """Writes checkpoint `which` of an `owt` workdir to `target` in torchvision's layout."""
-  parallel.one_host_only('python -m alexnet_jax.weights export')
+  parallel.one_host_only('python -m alexnet_jax.commands.weights export')
   if config is None:
     record = model_record.read(workdir)
     if record is None:
@@ -95,8 +95,8 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
 def main(argv):
   FLAGS = flags.FLAGS
   if len(argv) != 2 or argv[1] not in ('import', 'export'):
-    sys.exit('usage: python -m alexnet_jax.weights import --from=FILE.pth --workdir=DIR\n'
-             '       python -m alexnet_jax.weights export --workdir=DIR --to=FILE.pth '
+    sys.exit('usage: python -m alexnet_jax.commands.weights import --from=FILE.pth --workdir=DIR\n'
+             '       python -m alexnet_jax.commands.weights export --workdir=DIR --to=FILE.pth '
              '[--checkpoint=latest|best|STEP]')
   checkpointing.quiet_orbax_logs()
   try:
@@ -106,10 +106,10 @@ def main(argv):
       done = import_weights(FLAGS['from'].value, FLAGS.workdir, FLAGS.config)
       print(f"Imported {FLAGS['from'].value}: owt AlexNet, width {done['width']:g}, "
             f"{done['classes']} classes, as {done['checkpoint']}.")
-      print('Classify with:  python -m alexnet_jax.classify --workdir='
+      print('Classify with:  python -m alexnet_jax.commands.classify --workdir='
             f'{FLAGS.workdir} IMAGE...')
       if done['width'] == 1:
-        print('Evaluate with:  python -m alexnet_jax.evaluate_workdirs '
+        print('Evaluate with:  python -m alexnet_jax.commands.evaluate_workdirs '
               f'--config=configs/alexnet.py:torchvision --workdirs={FLAGS.workdir}')
     else:
       if not FLAGS.to:

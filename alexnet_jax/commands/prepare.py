@@ -1,7 +1,7 @@
 """Writes a dataset once in the paper's form, as a store the trainer reads fast.
 
-  python -m alexnet_jax.data.prepare --source=imagenet2012 --manual_dir=~/imagenet
-  python -m alexnet_jax.data.prepare --source=image_folder:../shared/data/imagenette --size=110
+  python -m alexnet_jax.commands.prepare --source=imagenet2012 --manual_dir=~/imagenet
+  python -m alexnet_jax.commands.prepare --source=image_folder:../shared/data/imagenette --size=110
 
 Every image becomes RGB with its shorter side resized to `--size` (256, the
 paper's) and its centre `--size` x `--size` square kept, stored as a JPEG of

@@ -1,7 +1,7 @@
 """Classify images with a trained or imported workdir: each image's most probable classes.
 
-  python -m alexnet_jax.classify --workdir=/ckpt/torchvision photo.jpg holidays/ gs://b/x.png
-  python -m alexnet_jax.classify --workdir=/ckpt/run --ten_patches --json --checkpoint=best IMAGE...
+  python -m alexnet_jax.commands.classify --workdir=/ckpt/torchvision photo.jpg holidays/ gs://b/x.png
+  python -m alexnet_jax.commands.classify --workdir=/ckpt/run --ten_patches --json --checkpoint=best IMAGE...
 
 Each image (a file, every image under a folder, local or gs://) becomes the paper's input
 as training and evaluation make it: shorter side to the config's resize_size, the centre
@@ -41,7 +41,7 @@ class Classifier:
 def load(workdir: str, which: str = 'latest', config=None) -> Classifier:
   """The model of checkpoint `which` of `workdir`, with the config and classes model.json
   records (or `config`, for a workdir that has none)."""
-  parallel.one_host_only('python -m alexnet_jax.classify')
+  parallel.one_host_only('python -m alexnet_jax.commands.classify')
   record = model_record.read(workdir)
   if config is None:
     if record is None:
@@ -133,7 +133,7 @@ def classify(classifier: Classifier, paths: list[str], top: int = 5, ten_patches
 def main(argv):
   FLAGS = flags.FLAGS
   if len(argv) < 2:
-    sys.exit('usage: python -m alexnet_jax.classify --workdir=DIR [--ten_patches] [--json] '
+    sys.exit('usage: python -m alexnet_jax.commands.classify --workdir=DIR [--ten_patches] [--json] '
              'IMAGE_OR_FOLDER...')
   checkpointing.quiet_orbax_logs()
   try:
@@ -162,7 +162,7 @@ if __name__ == '__main__':
   config_flags.DEFINE_config_file('config', None, 'Only for a workdir without model.json: the '
                                   'config it was trained with.', lock_config=True)
   flags.DEFINE_string('workdir', None, 'A trained workdir, or one written by '
-                      'python -m alexnet_jax.weights import.')
+                      'python -m alexnet_jax.commands.weights import.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best', or a step.")
   flags.DEFINE_integer('top', 5, 'How many classes to print for each image.')
   flags.DEFINE_bool('ten_patches', False, "The paper's ten patches (corners, centre and their "
