@@ -8,7 +8,7 @@ import numpy as np
 
 from alexnet_jax import models
 from alexnet_jax.commands import benchmark, benchmark_loop, prepare
-from alexnet_jax.data import store
+from alexnet_jax.data import loader, store
 from tests.conftest import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -76,6 +76,7 @@ def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
           and '---' not in line]
   assert [row.split(' | ')[0] for row in rows] == [
       "| decode alone: the store's JPEGs, one thread",
+      f"| decode alone: the store's JPEGs, {loader.cores()} processes at once",
       '| input alone: the store, 1 thread in this process',
       '| input alone: the store, 1 decoding process x 1 thread',
       '| input alone: JPEG files decoded and resized as read',

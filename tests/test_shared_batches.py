@@ -3,6 +3,7 @@ make, slots are reused without a batch being overwritten while it is held, and n
 left in /dev/shm."""
 
 import errno
+import faulthandler
 import os
 import threading
 
@@ -28,23 +29,29 @@ def _segments() -> set[str]:
   return {name for name in os.listdir('/dev/shm') if not name.startswith('sem.')}
 
 
-def test_held_batches_stay_whole_while_processes_reuse_their_slots():
-  """Three times as many batches as the rings have slots, every one kept: the first ones are
-  lent, the rest copied, and all equal what threads in this process read."""
+@pytest.mark.parametrize('workers, threads', [(0, 2), (2, 1)])
+def test_kept_batches_stay_whole_while_the_decoders_reuse_their_slots(workers, threads):
+  """A consumer that keeps three times as many batches as a pool has slots: the first ones are
+  lent, the rest copied, none waits for another, and every one equals the batch a consumer
+  that copies each at once and keeps none gets."""
   before = _segments()
-  ring_slots = 1 + loader._RING_SPARE_SLOTS
-  count = 3 * 2 * ring_slots
-  expected = [next(stream) for stream in [_data(0, 2).train_batches(5)] for _ in range(count)]
-  stream = _data(2, 1).train_batches(5)
+  slots = threads + 1 + loader._LENDABLE
+  count = 3 * max(1, workers) * slots
+  faulthandler.dump_traceback_later(120, exit=True)   # a wait that never ends fails loudly
   try:
-    held = [next(stream) for _ in range(count)]
-  finally:
+    copied = _data(0, 1).train_batches(5)
+    expected = [{k: v.copy() for k, v in next(copied).items()} for _ in range(count)]
+    copied.close()
+    stream = _data(workers, threads).train_batches(5)
+    kept = [next(stream) for _ in range(count)]
     stream.close()
-  for got, want in zip(held, expected, strict=True):
+  finally:
+    faulthandler.cancel_dump_traceback_later()
+  for got, want in zip(kept, expected, strict=True):
     np.testing.assert_array_equal(got['image'], want['image'])
     np.testing.assert_array_equal(got['label'], want['label'])
-  assert len({b['image'].tobytes() for b in held}) == count   # no two batches alike
-  del held
+  assert len({b['image'].tobytes() for b in kept}) == count   # no two batches alike
+  del kept
   assert _segments() == before   # the rings' segments are unlinked
 
 

@@ -47,6 +47,7 @@ def test_the_host_benchmark_trains_main_and_resumes_without_tensorflow(without_t
   inputs = [loader.Reading(workers=0, threads=loader.cores())] + (
       [loader.Reading(workers=workers, threads=threads)] if workers else [])
   assert rows == ['decode alone: the stored JPEGs, one thread',
+                  f'decode alone: {loader.cores()} processes at once',
                   *(f'input alone: {benchmark_loop.describe_reading(r)}' for r in inputs),
                   'owt, batch 8: step alone', 'owt, batch 8: the loop',
                   'main.py, owt, batch 8, to step 4',

@@ -90,15 +90,19 @@ def main(args):
     rows.append((what, rate, cores, of_step, host_ms, note))
     print(rows[-1], flush=True)
 
-  rate, cores = benchmark_loop.decode_alone(source, min(len(source), 4000))
-  row('decode alone: the stored JPEGs, one thread', rate, cores)
   readings = [loader.Reading(workers=0, threads=loader.cores())]
   if trainers.workers > 0:
     readings.append(trainers)
   for reading, (rate, cores) in benchmark_loop.compare_inputs(
-      split, size, args.input_batch, readings, rounds=2, steps=args.steps,
-      warmup=args.warmup).items():
-    row(f'input alone: {benchmark_loop.describe_reading(reading)}', rate, cores)
+      split, size, args.input_batch, readings, rounds=2, steps=args.steps, warmup=args.warmup,
+      decode=source).items():
+    if reading == benchmark_loop.DECODE_ALONE:
+      what = 'decode alone: the stored JPEGs, one thread'
+    elif reading == benchmark_loop.DECODE_EVERY_CORE:
+      what = f'decode alone: {loader.cores()} processes at once'
+    else:
+      what = f'input alone: {benchmark_loop.describe_reading(reading)}'
+    row(what, rate, cores)
   for model in args.models.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       step = benchmark_loop.Step(model, args.width, dtype, args.image_size)

@@ -4,11 +4,13 @@
   python -m alexnet_jax.commands.benchmark_loop --photo_like=4000 --input_only
 
 Rows, all on the same model, batch and devices:
-- decode alone: the store's JPEGs decoded in a loop on one core, each into the
-  same array (libjpeg-turbo alone: what a core can do at best);
+- decode alone: the store's JPEGs decoded in a loop on one thread, each into the
+  same array (libjpeg-turbo alone: what a core can do at best), and the same in a
+  process per core at once (what each core can do when all are busy);
 - input alone: the loader (`alexnet_jax/data/loader.py`) reading host batches
   of stored images, for each `--readings` (decoding processes x threads),
-  measured in turns (`--rounds`) so that a busy machine slows each alike;
+  measured in turns with the decoder alone (`--rounds`, the median of each) so that
+  a busy machine slows each alike;
 - with `--folder`, the same loader reading a folder of JPEGs, each decoded and
   resized as it is read (what a run without a store does);
 - step alone: the trainer's train step (`parallel.make_train_step`, the paper's
@@ -30,6 +32,7 @@ that has only JAX and the loader's wheels (grain, array_record, simplejpeg).
 
 import argparse
 import concurrent.futures
+import importlib
 import multiprocessing
 import os
 import pathlib
@@ -47,6 +50,8 @@ from alexnet_jax.commands import benchmark, prepare
 from alexnet_jax.data import image_folder, loader, store, synthetic
 
 FULL_SIZE = (500, 375)   # (width, height) of a typical ImageNet photo
+# compare_inputs' rows of the decoder by itself: on one thread, and in a process per core.
+DECODE_ALONE, DECODE_EVERY_CORE = 'decode alone', 'decode alone on every core'
 
 
 class _Clock:
@@ -140,7 +145,7 @@ def make_photo_like_folder(out: pathlib.Path, train: int, validation: int,
         jobs.append((path, first_seed + i))
   context = multiprocessing.get_context('spawn')   # no fork of a process holding threads
   with concurrent.futures.ProcessPoolExecutor(loader.cores(), mp_context=context) as pool:
-    list(pool.map(_write_photo_like, *zip(*jobs), chunksize=16) if jobs else [])
+    list(pool.map(_importable(_write_photo_like), *zip(*jobs), chunksize=16) if jobs else [])
   return out
 
 
@@ -164,15 +169,34 @@ def _records(split: store.StoreSplit, count: int) -> list[bytes]:
   return [split.record(i) for i in range(min(count, len(split)))]
 
 
-def decode_alone(split: store.StoreSplit, images: int) -> tuple[float, float]:
-  """(images/s, cores used) of libjpeg-turbo decoding the store's JPEGs on this thread."""
+def _importable(function):
+  """`function` as its module is imported, not as `python -m` runs it (as __main__): the
+  processes the spawn method starts find it there."""
+  return getattr(importlib.import_module(__spec__.name), function.__name__)
+
+
+def _decode_loop(split: store.StoreSplit, images: int) -> tuple[int, float, float]:
+  """(images, CPU seconds, wall seconds) of decoding the store's JPEGs on this thread."""
   records = _records(split, images)
   out = np.empty((split.image_size, split.image_size, 3), np.uint8)
-  with _Clock() as clock:
-    for record in records:
-      store.decode_record_into(record, 'jpeg', out)
-    clock.stop()
-  return len(records) / clock.wall, clock.cores
+  wall, cpu = time.perf_counter(), time.thread_time()
+  for record in records:
+    store.decode_record_into(record, 'jpeg', out)
+  return len(records), time.thread_time() - cpu, time.perf_counter() - wall
+
+
+def decode_alone(split: store.StoreSplit, images: int, processes: int = 1) -> tuple[float, float]:
+  """(images/s, cores used) of libjpeg-turbo decoding the store's JPEGs, on this thread or in
+  `processes` processes at once (two cores busy decode slower each than one: they share the
+  caches and the memory)."""
+  if processes == 1:
+    count, cpu, wall = _decode_loop(split, images)
+    return count / wall, cpu / wall
+  context = multiprocessing.get_context('spawn')
+  with concurrent.futures.ProcessPoolExecutor(processes, mp_context=context) as pool:
+    runs = list(pool.map(_importable(_decode_loop), [split] * processes, [images] * processes))
+  wall = max(w for _, _, w in runs)
+  return sum(n for n, _, _ in runs) / wall, sum(c for _, c, _ in runs) / wall
 
 
 def _data(split: loader.Split, size: int, batch: int, reading: loader.Reading):
@@ -246,12 +270,19 @@ def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader
 
 
 def compare_inputs(split: loader.Split, size: int, batch: int, readings, rounds: int,
-                   steps: int, warmup: int) -> dict:
-  """{reading: (median images/s, median cores used)}, the readings measured in turns."""
-  results = {reading: [] for reading in readings}
+                   steps: int, warmup: int, decode: store.StoreSplit | None = None) -> dict:
+  """{reading: (median images/s, median cores used)}, and {'decode alone': ...} with `decode`
+  (a store of JPEGs): the rows measured in turns, `rounds` times, so that whatever else the
+  machine does slows each alike."""
+  decoders = [DECODE_ALONE, DECODE_EVERY_CORE] if decode else []
+  results = {reading: [] for reading in decoders + list(readings)}
   for _ in range(rounds):
-    for reading in readings:
-      results[reading].append(input_alone(split, size, batch, reading, steps, warmup))
+    for reading in results:
+      if reading in decoders:
+        processes = 1 if reading == DECODE_ALONE else loader.cores()
+        results[reading].append(decode_alone(decode, batch * steps, processes))
+      else:
+        results[reading].append(input_alone(split, size, batch, reading, steps, warmup))
   return {reading: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
           for reading, runs in results.items()}
 
@@ -298,13 +329,16 @@ def main(args):
         f'{loader.cores()} cores; {what}; {args.model} width {args.width}, {dtype}, batch '
         f'{args.batch}, patches of {args.image_size}; the trainer\'s decoding: '
         f'{describe_reading(trainers_reading)}', flush=True)
-  if store_path and prepared.encoding == 'jpeg':
-    rate, cores = decode_alone(source, args.batch * args.steps)
-    rows.append(('decode alone: the store\'s JPEGs, one thread', rate, cores, None))
-    print(rows[-1], flush=True)
+  decode = source if store_path and prepared.encoding == 'jpeg' else None
   for reading, (rate, cores) in compare_inputs(split, size, args.batch, readings, args.rounds,
-                                               args.steps, args.warmup).items():
-    rows.append((f'input alone: {read}, {describe_reading(reading)}', rate, cores, None))
+                                               args.steps, args.warmup, decode).items():
+    if reading == DECODE_ALONE:
+      what = "decode alone: the store's JPEGs, one thread"
+    elif reading == DECODE_EVERY_CORE:
+      what = f"decode alone: the store's JPEGs, {loader.cores()} processes at once"
+    else:
+      what = f'input alone: {read}, {describe_reading(reading)}'
+    rows.append((what, rate, cores, None))
     print(rows[-1], flush=True)
   if args.folder:
     listed = image_folder.open_folder(args.folder, ['train'])

@@ -14,11 +14,11 @@ the same number of eval steps.
 
 grain's elements are whole host batches: each of `threads` threads (JPEG
 decoding releases Python's lock) works out a batch's examples and decodes them
-straight into the batch's array, with no array per image and no stacking; the
-shuffle is one permutation per epoch, not a computation per image. With
-`workers` decoding processes (grain's `mp_prefetch`), each process decodes into
-a ring of shared-memory slots that the trainer reads where they lie
-(`shared_batches.py`), so a process costs what a thread costs.
+straight into a slot of a pool of batch buffers made once (`shared_batches.py`),
+with no array per image, no stacking and no fresh page; the shuffle is one
+permutation per epoch, not a computation per image. With `workers` decoding
+processes (grain's `mp_prefetch`), each process's pool is shared memory that
+the trainer reads where it lies, so a process costs what a thread costs.
 
 Given `put` (host batch -> device batch), a background thread calls it on each
 batch two steps ahead, so the training thread only dispatches steps.
@@ -45,9 +45,9 @@ from alexnet_jax.errors import DataError
 # Batches on the devices ahead of the step (with `put`).
 DEVICE_PREFETCH = 2
 _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-# Slots of a worker's ring beyond its threads' own: grain's queue between the processes, the
-# trainer's buffer of each worker's batches, the batch being copied to the devices, one spare.
-_RING_SPARE_SLOTS = 4
+# Slots a pool lends at once: the batch being copied to the devices, and a few the consumer
+# keeps meanwhile; a consumer that keeps more gets copies.
+_LENDABLE = 4
 
 
 class ImageSource(abc.ABC):
@@ -131,15 +131,16 @@ class _HostBatches:
     self.split, self.image_size, self.seed = split, image_size, seed   # seed None: eval
     self.global_batch, self.host_batch, self.host_index = global_batch, host_batch, host_index
     self.steps_per_epoch = steps_per_epoch
+    self.local = None   # the slots of the decoding threads of this process, if they decode
     self._orders, self._lock = {}, threading.Lock()
 
-  def __getstate__(self):   # sent to the decoding processes without its lock and cache
+  def __getstate__(self):   # sent to the decoding processes without its lock, cache and slots
     state = dict(self.__dict__)
-    del state['_orders'], state['_lock']
+    del state['_orders'], state['_lock'], state['local']
     return state
 
   def __setstate__(self, state):
-    self.__dict__.update(state, _orders={}, _lock=threading.Lock())
+    self.__dict__.update(state, local=None, _orders={}, _lock=threading.Lock())
 
   @property
   def layout(self) -> shared_batches.Layout:
@@ -170,12 +171,10 @@ class _HostBatches:
     return self.split.start + order[step * self.global_batch + rows], np.ones(len(rows), bool)
 
   def __call__(self, b: int) -> dict:
+    """{'ring', 'slot'}: where batch `b` now is (grain carries the number, not the pixels)."""
     indices, real = self.examples(b)
-    ring = shared_batches.worker_ring()
-    if ring is None:
-      batch = {name: np.empty(shape, dtype) for name, shape, dtype in self.layout.fields}
-    else:
-      slot, batch = ring.claim()
+    ring = shared_batches.worker_ring()   # in a decoding process
+    slot, batch = (ring or self.local).claim()
     images, labels = batch['image'], batch['label']
     for row, (index, is_example) in enumerate(zip(indices.tolist(), real.tolist())):
       if is_example:
@@ -185,9 +184,7 @@ class _HostBatches:
         labels[row] = 0
     if 'mask' in batch:
       batch['mask'][:] = real
-    if ring is None:
-      return batch
-    return {'ring': ring.index, 'slot': slot}   # grain carries the number, not the pixels
+    return {'ring': ring.index if ring else 0, 'slot': slot}
 
 
 def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, image_size: int,
@@ -229,41 +226,46 @@ def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
              put) -> Iterator[dict]:
   dataset = numbers.map(batches).to_iter_dataset(
       grain.ReadOptions(num_threads=reading.threads, prefetch_buffer_size=reading.threads))
-  rings = []
-  if reading.workers > 0:
-    rings = [shared_batches.Ring(i, batches.layout, slots=reading.threads + _RING_SPARE_SLOTS,
-                                 lendable=_RING_SPARE_SLOTS)
-             for i in range(reading.workers)]
+  # Never waiting on each other: while the trainer waits for batch b, its decoders hold b's
+  # slot and at most `threads` newer ones (grain's prefetch keeps threads + 1 batches under
+  # way), and the trainer at most `_LENDABLE` older ones.
+  slots = dict(layout=batches.layout, slots=reading.threads + 1 + _LENDABLE,
+               lendable=_LENDABLE)
+  if reading.workers == 0:
+    pools = [shared_batches.LocalSlots(**slots)]
+    batches.local = pools[0]
+  else:
+    pools = [shared_batches.Ring(i, **slots) for i in range(reading.workers)]
     # grain's worker processes read its absl flags: outside an absl app (argparse
     # commands, tests) they keep their defaults.
     if not flags.FLAGS.is_parsed():
       flags.FLAGS.mark_as_parsed()
     dataset = dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=reading.workers),
-        worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in rings]))
-    dataset = dataset.map(lambda handle: rings[handle['ring']].lend(handle['slot']))
+        worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in pools]))
+  dataset = dataset.map(lambda handle: pools[handle['ring']].lend(handle['slot']))
   if put is not None:
     dataset = grain.experimental.ThreadPrefetchIterDataset(
         dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH)
-  return _closing(iter(dataset), rings)
+  return _closing(iter(dataset), pools, hold_signals=reading.workers > 0)
 
 
-def _closing(iterator, rings) -> Iterator[dict]:
+def _closing(iterator, pools, hold_signals: bool) -> Iterator[dict]:
   try:
     # The first batch starts grain's threads, and they the decoding processes: started with
     # SIGINT and SIGTERM held, those inherit them held, and the trainer alone answers a Ctrl-C
     # or a preemption (its handler runs once the first batch is here).
-    with _signals_held(bool(rings)):
+    with _signals_held(hold_signals):
       first = next(iterator, None)
     if first is None:
       return
     yield first
-    for batch in iterator:   # not `yield from`, which would close `iterator` before the rings
+    for batch in iterator:   # not `yield from`, which would close `iterator` before the pools
       yield batch
   finally:
-    # A worker waiting for a free slot wakes to the end of its free list, and stops.
-    for ring in rings:
-      ring.close()
+    # A decoder waiting for a free slot wakes to the end of its pool, and stops.
+    for pool in pools:
+      pool.close()
     iterator.close()   # ends the worker processes now rather than at garbage collection
 
 

@@ -1,26 +1,30 @@
-"""Host batches that decoding processes write straight into shared memory, reused.
+"""Host batches decoded straight into buffers that are made once and reused.
 
-grain hands a worker process's batch to the trainer in a shared-memory segment
-made for that batch: the worker faults its pages in to write it, the trainer
-faults them in again to read it, and the segment is freed, every batch. Those
-fresh pages (4 KiB each: shared memory gets no huge pages) cost as much as
-decoding the images on a 2-core VM (BENCHMARKS.md). Here each decoding process
-has a ring of slots, one host batch each, made once: the worker decodes into a
-slot, grain carries only the slot's number, and the trainer reads the slot
-where it lies. After the first round no page is new on either side.
+A batch array made fresh for every batch has its pages faulted in by the thread
+that decodes into it, and, when grain hands a worker process's batch over in a
+shared-memory segment made for it, faulted in again by the trainer that reads
+it; shared memory gets no huge pages, so that is a fault every 4 KiB. On a
+2-core VM those faults cost as much as decoding the images (BENCHMARKS.md).
+Here the loader decodes into slots, one host batch each, of a pool made when
+its iterator starts: a `Ring` of shared memory for each decoding process, whose
+number grain carries back to the trainer that reads the slot where it lies, or
+`LocalSlots` for the threads of the trainer's own process. After the first
+round no page is new on either side.
 
-Who owns a slot: the worker, from taking its number off the ring's free list
-(a FIFO) until it hands the number to grain; then the trainer, until the last
-array viewing the slot is gone, when the number goes back on the free list. A
-worker with no free slot waits. So that a consumer that keeps many batches
-cannot hold every slot while it waits for the next batch, the trainer lends at
-most `lendable` slots of a ring at once; past that a batch is copied out and
-its slot freed at once.
+Who owns a slot: the decoder, from taking its number off the pool's free list
+until it hands the number on; then the trainer, until the last array viewing
+the slot is gone, when the number goes back on the free list. A decoder with
+no free slot waits. So that a consumer that keeps many batches cannot hold
+every slot while it waits for the next batch, the trainer lends at most
+`lendable` slots of a pool at once; past that a batch is copied out and its
+slot freed at once.
 """
 
+import abc
 import dataclasses
 import math
 import os
+import queue
 import shutil
 import tempfile
 import threading
@@ -62,40 +66,21 @@ def _aligned(n: int) -> int:
   return -(-n // _ALIGN) * _ALIGN
 
 
-@dataclasses.dataclass(frozen=True)
-class RingHandle:
-  """What a worker process needs to attach to its ring (picklable)."""
-  index: int
-  memory: str      # the shared-memory segment's name
-  free_list: str   # the FIFO of free slot numbers
-  layout: Layout
-  slots: int
+class _Pool(abc.ABC):
+  """The trainer's side of a pool of slots: lending them, taking them back."""
 
-
-class Ring:
-  """The trainer's side of one worker's slots."""
-
-  def __init__(self, index: int, layout: Layout, slots: int, lendable: int):
-    if not 0 < slots < 256:
-      raise ValueError(f'{slots} slots: a ring holds 1 to 255.')
-    self._layout, self._slots, self._lendable = layout, slots, lendable
-    self._memory = _create_memory(slots * layout.nbytes)
-    self._folder = tempfile.mkdtemp(prefix='alexnet_jax_ring_')
-    free_list = os.path.join(self._folder, 'free_slots')
-    os.mkfifo(free_list)
-    # Read and write: opening never waits for a reader, and a worker's read waits for data
-    # rather than seeing the end of the file while the trainer lives.
-    self._free = os.open(free_list, os.O_RDWR)
-    os.write(self._free, bytes(range(slots)))
+  def __init__(self, buffer, layout: Layout, lendable: int):
+    self._buffer, self._layout, self._lendable = buffer, layout, lendable
     self._lock = threading.Lock()
     self._lent, self._closed = 0, False
-    self.handle = RingHandle(index, self._memory.name, free_list, layout, slots)
+
+  def _slot(self, slot: int) -> np.ndarray:
+    return np.frombuffer(self._buffer, np.uint8, self._layout.nbytes, slot * self._layout.nbytes)
 
   def lend(self, slot: int) -> dict:
     """The batch in `slot`, as arrays that free the slot once they are all gone; a copy (and
     the slot freed now) if `lendable` slots are out already."""
-    view = np.frombuffer(self._memory.buf, np.uint8, self._layout.nbytes,
-                         slot * self._layout.nbytes)
+    view = self._slot(slot)
     with self._lock:
       lend = self._lent < self._lendable
       self._lent += lend
@@ -116,15 +101,85 @@ class Ring:
   def _free_slot(self, slot: int) -> None:
     with self._lock:
       if not self._closed:
-        os.write(self._free, bytes([slot]))
+        self._put_free(slot)
+
+  @abc.abstractmethod
+  def _put_free(self, slot: int) -> None:
+    ...
 
   def close(self) -> None:
-    """Frees the segment's name and the free list; lent arrays stay readable until dropped."""
+    """Ends the pool: a decoder waiting for a slot stops; lent arrays stay readable."""
     with self._lock:
       if self._closed:
         return
       self._closed = True
-      os.close(self._free)
+      self._end()
+
+  @abc.abstractmethod
+  def _end(self) -> None:
+    ...
+
+
+class LocalSlots(_Pool):
+  """A pool for the decoding threads of the trainer's own process, in its memory."""
+
+  def __init__(self, layout: Layout, slots: int, lendable: int):
+    # A memoryview, as shared memory's is: the arrays of a slot then keep the slot's own view
+    # alive (numpy would take an array's base past it, to an array that owns its memory).
+    super().__init__(memoryview(np.empty(slots * layout.nbytes, np.uint8)), layout, lendable)
+    self._free = queue.SimpleQueue()
+    for slot in range(slots):
+      self._free.put(slot)
+
+  def claim(self) -> tuple[int, dict]:
+    """(slot, its arrays): waits until the trainer frees a slot."""
+    slot = self._free.get()
+    if slot < 0:
+      self._free.put(slot)   # for the next waiting thread
+      raise RuntimeError('The loader was closed.')
+    return slot, self._layout.arrays(self._slot(slot))
+
+  def _put_free(self, slot: int) -> None:
+    self._free.put(slot)
+
+  def _end(self) -> None:
+    self._free.put(-1)
+
+
+@dataclasses.dataclass(frozen=True)
+class RingHandle:
+  """What a worker process needs to attach to its ring (picklable)."""
+  index: int
+  memory: str      # the shared-memory segment's name
+  free_list: str   # the FIFO of free slot numbers
+  layout: Layout
+  slots: int
+
+
+class Ring(_Pool):
+  """The trainer's side of one decoding process's slots, in shared memory."""
+
+  def __init__(self, index: int, layout: Layout, slots: int, lendable: int):
+    if not 0 < slots < 256:
+      raise ValueError(f'{slots} slots: a ring holds 1 to 255.')
+    self._memory = _create_memory(slots * layout.nbytes)
+    super().__init__(self._memory.buf, layout, lendable)
+    self._folder = tempfile.mkdtemp(prefix='alexnet_jax_ring_')
+    free_list = os.path.join(self._folder, 'free_slots')
+    os.mkfifo(free_list)
+    # Read and write: opening never waits for a reader, and a worker's read waits for data
+    # rather than seeing the end of the file while the trainer lives.
+    self._free = os.open(free_list, os.O_RDWR)
+    os.write(self._free, bytes(range(slots)))
+    self.handle = RingHandle(index, self._memory.name, free_list, layout, slots)
+
+  def _put_free(self, slot: int) -> None:
+    os.write(self._free, bytes([slot]))
+
+  def _end(self) -> None:
+    """The free list closed (a worker waiting on it reads its end), the segment's name freed;
+    the mapping goes with the last array viewing it."""
+    os.close(self._free)
     shutil.rmtree(self._folder, ignore_errors=True)
     self._memory.unlink()
     self._memory.close()
