@@ -272,7 +272,11 @@ class Checkpoints:
       error = storage_error(e, subject, detail)
       if error is None:
         raise
-      self._manager.reload()   # the failed step is no checkpoint
+      try:
+        self._manager.reload()   # the failed step is no checkpoint
+      except Exception as gone:  # pylint: disable=broad-except  (the storage went away too)
+        if storage_error(gone, subject, '') is None:
+          raise
       raise error from e
 
   def _remove_partial(self, step: int) -> None:

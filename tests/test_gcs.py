@@ -56,6 +56,7 @@ def _state(workdir, step, like):
                                   restore_args=ocp.checkpoint_utils.construct_restore_args(like)))
 
 
+@pytest.mark.slow   # trains three times, and reads the workdir with every command
 def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_summaries,
                                                                  tmp_path, monkeypatch, caplog):
   straight = str(tmp_path / 'straight')
@@ -87,6 +88,7 @@ def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_s
   assert epath.Path(f'{RUN}/curves.png').read_bytes()[:4] == b'\x89PNG'
 
 
+@pytest.mark.slow   # trains, with the storage stopped for 2 s during a save
 def test_a_storage_outage_during_a_save_is_waited_for(storage, local_summaries, tmp_path,
                                                       monkeypatch):
   """The storage vanishes as step 2 is saved and is back 2 s later: the save goes on."""
@@ -124,6 +126,7 @@ def test_a_storage_that_stays_away_stops_the_run_and_the_next_run_resumes(
 
   def save_with_the_storage_gone(self, step, *args, **kwargs):
     if step == 4:
+      self.wait_until_finished()   # step 2 whole in the bucket (saves run in the background)
       storage.stop()
     return save(self, step, *args, **kwargs)
 

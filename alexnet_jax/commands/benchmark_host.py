@@ -36,7 +36,7 @@ from alexnet_jax import platform
 from alexnet_jax.commands import benchmark_loop
 from alexnet_jax.data import loader, store
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]   # the repository: main.py, configs/
 _PROGRESS = re.compile(r'([\d.]+) images/s, .* spent ([\d.]+) ms of CPU per step')
 _SAVED = re.compile(r'Checkpoint \S+ saved in ([\d.]+) s')
 _RESTORED = re.compile(r'Restored the checkpoint of step (\d+)')
