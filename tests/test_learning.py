@@ -52,12 +52,14 @@ def _losses(initialization: str, steps: int) -> list[float]:
   return losses
 
 
+@pytest.mark.slow   # 30 steps of the full-size network on the CPU: about 50 s each
 def test_the_default_initialisation_fits_a_fixed_real_batch():
   losses = _losses(alexnet.get_config('paper').initialization, 30)
   assert max(losses[:10]) < 1.1 * CHANCE, losses      # no blow-up at the start
   assert min(losses) < 0.75 * CHANCE, losses          # and it learns
 
 
+@pytest.mark.slow
 def test_the_papers_biases_of_one_blow_up_then_stay_at_chance():
   losses = _losses('paper', 30)
   assert max(losses[:10]) > 4 * CHANCE, losses

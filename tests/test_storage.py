@@ -114,6 +114,7 @@ def test_a_storage_that_cannot_be_reached_is_told_apart_from_a_full_one(error):
   assert checkpointing.storage_failure(ValueError('shapes do not match')) is None
 
 
+@pytest.mark.slow   # trains twice
 def test_a_full_disk_under_the_summaries_stops_the_run_and_the_next_run_loses_nothing(
     tmp_path, monkeypatch):
   """TensorBoard's event writer meets a full disk at step 4's summaries, before step 4 is
