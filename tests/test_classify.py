@@ -154,10 +154,19 @@ def test_folders_are_expanded_and_bad_images_named_while_the_others_are_classifi
   paths, missing = classify.image_paths([str(root / 'val'), str(truncated), str(text),
                                          str(tmp_path / 'absent.jpg')])
   assert len(paths) == 12 and missing == [(str(tmp_path / 'absent.jpg'), 'no such file or folder')]
-  results, failures = classify.classify(classify.load(workdir), paths)
+  classifier = classify.load(workdir)
+  results, failures = classify.classify(classifier, paths)
   assert len(results) == 10 and all(len(r['top']) == 5 for r in results)
   assert [path for path, _ in failures] == [str(truncated), str(text)]
   assert all('cannot be decoded' in why for _, why in failures)
+  # Decoded a batch of 3 at a time, the bad two in the last batch: the same answers.
+  in_threes, failures_in_threes = classify.classify(classifier, paths, batch_size=3)
+  assert failures_in_threes == failures
+  assert [r['image'] for r in in_threes] == [r['image'] for r in results]
+  for small, whole in zip(in_threes, results):
+    assert [e['index'] for e in small['top']] == [e['index'] for e in whole['top']]
+    np.testing.assert_allclose([e['probability'] for e in small['top']],
+                               [e['probability'] for e in whole['top']], rtol=1e-5)
 
 
 @needs_imagenette

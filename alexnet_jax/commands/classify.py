@@ -108,18 +108,19 @@ def classify(classifier: Classifier, paths: list[str], top: int = 5, ten_patches
   """([{'image', 'top': [{'index', 'class', 'name', 'probability'}, ...]}], [(image, why
   it could not be classified)]); every readable image is classified."""
   size = classifier.config.resize_size
-  decoded, failures = [], []
-  for path in paths:
-    try:
-      decoded.append((path, decode.square(epath.Path(path).read_bytes(), size)))
-    except (OSError, decode.UndecodableImage) as e:
-      failures.append((path, f'cannot be decoded ({e})' if isinstance(
-          e, decode.UndecodableImage) else f'cannot be read ({e})'))
-  results = []
-  batch_size = min(batch_size, len(decoded)) or 1
-  for start in range(0, len(decoded), batch_size):
-    chunk = decoded[start:start + batch_size]
-    images = np.zeros((batch_size, size, size, 3), np.uint8)   # one shape, one compile
+  batch_size = max(1, min(batch_size, len(paths)))   # one shape, one compile
+  results, failures = [], []
+  for start in range(0, len(paths), batch_size):   # a batch decoded at a time: any folder fits
+    chunk = []
+    for path in paths[start:start + batch_size]:
+      try:
+        chunk.append((path, decode.square(epath.Path(path).read_bytes(), size)))
+      except (OSError, decode.UndecodableImage) as e:
+        failures.append((path, f'cannot be decoded ({e})' if isinstance(
+            e, decode.UndecodableImage) else f'cannot be read ({e})'))
+    if not chunk:
+      continue
+    images = np.zeros((batch_size, size, size, 3), np.uint8)
     images[:len(chunk)] = [image for _, image in chunk]
     probabilities = np.asarray(classifier.predict(jnp.asarray(images), ten_patches))
     for (path, _), probs in zip(chunk, probabilities):
