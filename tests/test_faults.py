@@ -18,6 +18,7 @@ from PIL import Image
 
 from alexnet_jax import (checkpointing, config_checks, errors, optim, parallel, preemption,
                          train)
+from tests import processes
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,19 +47,6 @@ def _start_main(workdir, num_train_steps, data_workers=0):
        *flags], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _children(pid: int) -> list[int]:
-  """The processes whose parent is `pid` (Linux)."""
-  children = []
-  for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
-    try:
-      fields = stat.read_text().rsplit(')', 1)[1].split()
-    except OSError:
-      continue   # gone meanwhile
-    if int(fields[1]) == pid:
-      children.append(int(stat.parent.name))
-  return children
-
-
 def _wait_for_checkpoint(process, workdir, step, timeout=240):
   path = os.path.join(workdir, 'checkpoints', str(step))
   deadline = time.monotonic() + timeout
@@ -75,7 +63,7 @@ def test_sigkill_then_sigterm_then_resume_ends_where_an_uninterrupted_run_ends(t
 
   killed = _start_main(interrupted, steps, data_workers=2)   # decoding in 2 processes
   _wait_for_checkpoint(killed, interrupted, 10)
-  workers = _children(killed.pid)
+  workers = processes.children(killed.pid)
   assert len(workers) >= 2, workers
   killed.send_signal(signal.SIGKILL)
   killed.wait(timeout=60)

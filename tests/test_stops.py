@@ -16,6 +16,7 @@ import pytest
 
 from alexnet_jax import data, train
 from alexnet_jax.data import synthetic
+from tests import processes
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -46,18 +47,6 @@ def _start(workdir, num_train_steps, **overrides):
       start_new_session=True)
 
 
-def _group(pgid: int) -> list[int]:
-  members = []
-  for stat in pathlib.Path('/proc').glob('[0-9]*/stat'):
-    try:
-      fields = stat.read_text().rsplit(')', 1)[1].split()
-    except OSError:
-      continue
-    if int(fields[2]) == pgid:
-      members.append(int(stat.parent.name))
-  return members
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize('way', ['ctrl_c', 'ctrl_c_twice', 'sigterm_to_the_trainer',
                                  'sigterm_to_the_group'])
@@ -69,7 +58,7 @@ def test_a_run_with_decoding_processes_stops_as_the_readme_says_and_resumes_exac
   while not os.path.isdir(os.path.join(workdir, 'checkpoints', '10')):
     assert process.poll() is None and time.monotonic() < deadline, process.stdout.read()[-3000:]
     time.sleep(0.05)
-  assert len(_group(process.pid)) >= 3   # the trainer and its two decoding processes
+  assert len(processes.group(process.pid)) >= 3   # the trainer and its two decoding processes
   if way == 'sigterm_to_the_trainer':
     process.send_signal(signal.SIGTERM)
   else:   # a terminal's Ctrl-C, or a job system's SIGTERM, reaches the whole group
@@ -81,8 +70,8 @@ def test_a_run_with_decoding_processes_stops_as_the_readme_says_and_resumes_exac
   output, _ = process.communicate(timeout=120)
   assert 'Traceback' not in output, output[-5000:]
   deadline = time.monotonic() + 20
-  while _group(process.pid):
-    assert time.monotonic() < deadline, f'left running: {_group(process.pid)}'
+  while processes.group(process.pid):
+    assert time.monotonic() < deadline, f'left running: {processes.group(process.pid)}'
     time.sleep(0.2)
   stopped_at = _newest(workdir)
   if way == 'ctrl_c_twice':
