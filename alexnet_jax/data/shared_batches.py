@@ -4,7 +4,8 @@ A batch array made fresh for every batch has its pages faulted in by the thread
 that decodes into it, and, when grain hands a worker process's batch over in a
 shared-memory segment made for it, faulted in again by the trainer that reads
 it; shared memory gets no huge pages, so that is a fault every 4 KiB. On a
-2-core VM those faults cost as much as decoding the images (BENCHMARKS.md).
+2-core VM those faults and an array per image held the loader to about half of
+the decoder's rate per core (BENCHMARKS.md, "The data path").
 Here the loader decodes into slots, one host batch each, of a pool made when
 its iterator starts: a `Ring` of shared memory for each decoding process, whose
 number grain carries back to the trainer that reads the slot where it lies, or
