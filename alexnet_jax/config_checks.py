@@ -8,6 +8,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from alexnet_jax import checkpointing, models
+from alexnet_jax.data import gpu_decode
 from alexnet_jax.errors import ConfigError
 
 DTYPES = ('auto', 'float32', 'bfloat16')
@@ -40,6 +41,10 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
        'trainer\'s process) or a number of processes.')
   need(config.data_threads == -1 or config.data_threads > 0,
        f'data_threads={config.data_threads}: use -1 (picked for the host) or a number.')
+  need(config.decode in gpu_decode.MODES,
+       f'decode={config.decode!r} is unknown: choose one of {gpu_decode.MODES}.')
+  for field in ('decode_host_share', 'decode_hardware_share'):
+    need(0 <= config[field] <= 1, f'{field}={config[field]} must be a share, from 0 to 1.')
   need(0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).')
   need(config.checkpoint_every_minutes >= 0,
        f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.')

@@ -9,12 +9,12 @@ from alexnet_jax.errors import DataError
 def evaluate(eval_step, params_list, data, put, should_stop=None) -> dict | None:
   """Runs `eval_step` over every eval batch with one model's parameters (a list of one) or an
   ensemble's; padded examples (mask 0) count nowhere. `put`: a host batch onto the devices as
-  the step takes it (`parallel.batch_to_devices`).
+  the step takes it (`data.to_devices.ToDevices`), decoding where it says.
 
   `should_stop()`, asked after each batch, can end the pass early (a preemption): then None.
   """
   totals = None
-  batches = data.eval_batches(put=put)
+  batches = data.eval_batches(put=put, split=put.decode_split)
   try:
     for batch in batches:
       counts = eval_step(list(params_list), batch)

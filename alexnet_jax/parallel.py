@@ -136,39 +136,6 @@ def batch_spec(model, mesh: Mesh) -> P:
   return model_parallel.batch_spec(model.variant, mesh.shape[MODEL_AXIS])
 
 
-def batch_to_devices(mesh: Mesh, spec: P = P(BATCH_AXIS),
-                     staging: str = 'auto') -> Callable[[dict], dict]:
-  """put(host batch) -> the global batch on the mesh's devices, split as `spec` says, the copy
-  complete when it returns (the loader calls it on a background thread).
-
-  `staging`: 'pinned' copies each batch into page-locked host memory first, so that the copy
-  to the device is a DMA; 'none' copies from the batch's own (pageable) memory; 'auto' is
-  'pinned' on GPUs, where JAX offers it, and 'none' elsewhere.
-  """
-  on_devices = NamedSharding(mesh, spec)
-  if staging == 'auto':
-    staging = 'pinned' if _offers_pinned_memory(mesh) and jax.default_backend() == 'gpu' else 'none'
-  if staging not in ('pinned', 'none'):
-    raise ValueError(f"staging={staging!r}: use 'pinned', 'none' or 'auto'.")
-  first = NamedSharding(mesh, spec, memory_kind='pinned_host') if staging == 'pinned' else None
-
-  def put(batch: dict) -> dict:
-    if first is None:
-      arrays = shard_batch(batch, mesh, spec)
-    else:
-      arrays = jax.device_put(
-          jax.tree.map(lambda x: jax.make_array_from_process_local_data(first, x), batch),
-          on_devices)
-    return jax.block_until_ready(arrays)
-
-  return put
-
-
-def _offers_pinned_memory(mesh: Mesh) -> bool:
-  device = mesh.devices.flat[0]
-  return any(memory.kind == 'pinned_host' for memory in device.addressable_memories())
-
-
 def _top_k_correct(logits, labels, k: int):
   top_k = lax.top_k(logits, min(k, logits.shape[-1]))[1]
   return jnp.any(top_k == labels[:, None], axis=-1)

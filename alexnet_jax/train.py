@@ -15,6 +15,7 @@ from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors
                          init_from, model_record, models, optim, parallel, platform, progress,
                          summaries)
 from alexnet_jax import preemption as preemption_lib
+from alexnet_jax.data import to_devices
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -94,8 +95,8 @@ def train_and_evaluate(config, workdir: str) -> dict:
   train_step = parallel.make_train_step(model, aug, config.seed, mesh)
   eval_step = parallel.make_eval_step(model, aug, mesh, config.eval_ten_crop)
   profile = _Profile(workdir, start_step + config.profile_first_step, config.profile_steps)
-  put = parallel.batch_to_devices(mesh, batch_spec)
-  batches = dataset.train_batches(start_step, put=put)
+  put = to_devices.for_config(config, mesh, batch_spec, dataset.jpeg_store)
+  batches = dataset.train_batches(start_step, put=put, split=put.decode_split)
   metrics_log = _MetricsLog(writer, steps_per_epoch,
                             progress.Progress(start_step, num_steps, config.global_batch_size))
   preemption = preemption_lib.PreemptionWatch()

@@ -50,6 +50,17 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # -1 picks: a process per 8 cores, none below 8 cores, and threads for every core.
   config.data_workers = -1
   config.data_threads = -1
+  # Who decodes the store's JPEGs: 'host', 'device' (NVIDIA GPUs, by nvImageCodec: README,
+  # "Install"), or 'auto': the GPUs where they are and the package loads, else the host. The
+  # host by default: on the one GPU host measured (an H200 beside 16 cores) the GPU's decoders
+  # (21,000 of these JPEGs a second) fed the loop more slowly than the cores (BENCHMARKS.md,
+  # "Decoding on the GPU").
+  config.decode = 'host'
+  # With GPU decoding: the share of each device's rows the host decodes anyway, and the share
+  # of the GPU's rows its hardware JPEG decoders take (the rest go to nvJPEG's CUDA decoder,
+  # which decodes Huffman codes on the host's cores).
+  config.decode_host_share = 0.5
+  config.decode_hardware_share = 1.0
   config.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet's mean pixel, subtracted on the device
   # 'pixel': subtract mean_rgb. 'image': the training set's mean image, as the paper did
   # (needs color_stats='computed').

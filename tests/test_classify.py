@@ -94,7 +94,7 @@ def _eval_counts(config, workdir, batch, ten_patches):
 
   def counts(labels):
     labels = np.asarray(labels, np.int32).reshape(-1)
-    padded = {'image': np.tile(batch['image'], (6, 1, 1, 1)), 'label': np.zeros(60, np.int32),
+    padded = {'image': np.tile(batch.image, (6, 1, 1, 1)), 'label': np.zeros(60, np.int32),
               'mask': np.zeros(60, np.float32)}
     padded['label'][:labels.size], padded['mask'][:labels.size] = labels, 1
     return jax.device_get(eval_step([params], parallel.shard_batch(
@@ -113,7 +113,7 @@ def test_top5_and_probabilities_are_the_eval_steps(imported, eval_batch, ten_pat
   results, failures = classify.classify(classifier, list(paths), top=6, ten_patches=ten_patches)
   assert not failures and [r['image'] for r in results] == list(paths)
   counts = _eval_counts(config, workdir, eval_batch, ten_patches)
-  np.testing.assert_array_equal(eval_batch['label'], labels)   # the same images, same order
+  np.testing.assert_array_equal(eval_batch.label, labels)   # the same images, same order
   ranked = np.array([[entry['index'] for entry in r['top']] for r in results])   # [10, 6]
   probs = np.array([[entry['probability'] for entry in r['top']] for r in results])
   # The eval step finds every one of classify's top 5 in its own top 5 (and its top 1 as

@@ -52,13 +52,13 @@ def test_train_batches_are_a_function_of_the_step(source, folder, prepared):
   resumed = dataset.train_batches(steps - 1)   # one step before an epoch boundary
   for expected in first[steps - 1:]:
     got = next(resumed)
-    for key in expected:
-      np.testing.assert_array_equal(got[key], expected[key])
+    for key, value in expected.arrays().items():
+      np.testing.assert_array_equal(got.arrays()[key], value)
   batch = first[0]
-  assert batch['image'].shape == (4, 73, 73, 3) and batch['image'].dtype == np.uint8
-  assert set(batch) == {'image', 'label'}
+  assert batch.image.shape == (4, 73, 73, 3) and batch.image.dtype == np.uint8
+  assert set(batch.arrays()) == {'image', 'label'}
   # An epoch shows no image twice, and the next epoch is another order of the same images.
-  epochs = [[_fingerprint(image) for b in first[e * steps:(e + 1) * steps] for image in b['image']]
+  epochs = [[_fingerprint(image) for b in first[e * steps:(e + 1) * steps] for image in b.image]
             for e in (0, 1)]
   assert len(set(epochs[0])) == len(epochs[0]) == steps * 4
   # Only the images an epoch leaves over (fewer than a batch) may differ between the two.
@@ -79,12 +79,12 @@ def test_eval_pass_counts_each_example_once_with_padding_masked(source, folder, 
   dataset = data.create(config, 4)
   batches = list(dataset.eval_batches())
   assert dataset.eval_steps == len(batches) == -(-dataset.eval_examples // 4)
-  mask = np.concatenate([b['mask'] for b in batches])
+  mask = np.concatenate([b.mask for b in batches])
   assert mask.sum() == dataset.eval_examples and mask[:dataset.eval_examples].all()
-  images = np.concatenate([b['image'] for b in batches])[mask == 1]
+  images = np.concatenate([b.image for b in batches])[mask == 1]
   assert len({_fingerprint(image) for image in images}) == dataset.eval_examples
   if source != 'synthetic':
-    labels = np.concatenate([b['label'] for b in batches])[mask == 1]
+    labels = np.concatenate([b.label for b in batches])[mask == 1]
     np.testing.assert_array_equal(labels, np.repeat(np.arange(3), 3))   # in the split's order
 
 
@@ -103,15 +103,15 @@ def test_two_hosts_read_the_global_batches_of_one_exactly_once(source, train_spl
   streams = [host.train_batches(0) for host in hosts]
   for expected in _take(one.train_batches(0), one.steps_per_epoch + 1):
     parts = [next(stream) for stream in streams]
-    assert all(len(p['label']) == 2 for p in parts)
-    for key in expected:
-      np.testing.assert_array_equal(np.concatenate([p[key] for p in parts]), expected[key])
+    assert all(len(p.label) == 2 for p in parts)
+    for key, value in expected.arrays().items():
+      np.testing.assert_array_equal(np.concatenate([p.arrays()[key] for p in parts]), value)
   host_evals = [list(host.eval_batches()) for host in hosts]
   assert [len(e) for e in host_evals] == [one.eval_steps] * 2
   seen = [_fingerprint(image) for batches in host_evals for b in batches
-          for image, m in zip(b['image'], b['mask']) if m]
+          for image, m in zip(b.image, b.mask) if m]
   whole = [_fingerprint(image) for b in one.eval_batches()
-           for image, m in zip(b['image'], b['mask']) if m]
+           for image, m in zip(b.image, b.mask) if m]
   assert sorted(seen) == sorted(whole) and len(whole) == one.eval_examples
 
 
@@ -123,6 +123,7 @@ def test_sliced_splits_count_as_tfds_counts_them(prepared):
 
 class _Sized:
   """A source of n images that is never read: the counts alone."""
+  stores_jpegs = False
 
   def __init__(self, n):
     self._n = n
@@ -154,8 +155,8 @@ def test_worker_processes_read_the_same_batches(prepared):
   try:
     for expected in _take(in_process.train_batches(3), 4):
       got = next(stream)
-      for key in expected:
-        np.testing.assert_array_equal(got[key], expected[key])
+      for key, value in expected.arrays().items():
+        np.testing.assert_array_equal(got.arrays()[key], value)
   finally:
     stream.close()
 

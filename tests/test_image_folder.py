@@ -67,11 +67,11 @@ def test_folder_is_read_with_sorted_labels_grayscale_as_rgb_and_bad_files_skippe
   assert dataset.num_classes == 2
   assert dataset.train_examples == 11   # 10 JPEGs and the PNG; the truncated file is left out
   batch = next(dataset.train_batches(0))
-  assert batch['image'].shape == (4, 73, 73, 3) and batch['image'].dtype == np.uint8
+  assert batch.image.shape == (4, 73, 73, 3) and batch.image.dtype == np.uint8
   eval_batches = list(dataset.eval_batches())
-  images = np.concatenate([b['image'] for b in eval_batches])
-  labels = np.concatenate([b['label'] for b in eval_batches])
-  mask = np.concatenate([b['mask'] for b in eval_batches])
+  images = np.concatenate([b.image for b in eval_batches])
+  labels = np.concatenate([b.label for b in eval_batches])
+  mask = np.concatenate([b.mask for b in eval_batches])
   assert dataset.eval_examples == 4 and mask.sum() == 4
   np.testing.assert_array_equal(labels[mask == 1], [0, 0, 1, 1])
   gray = images[0].astype(int)   # the grayscale JPEG, its one channel copied to R, G and B
@@ -84,7 +84,7 @@ def test_folder_is_read_with_sorted_labels_grayscale_as_rgb_and_bad_files_skippe
 def test_wnid_folders_take_their_imagenet_index(folder):
   dataset = data.create(_config(folder, imagenet_wnid_labels=True), global_batch_size=4)
   assert dataset.num_classes == 1000
-  labels = np.concatenate([b['label'][b['mask'] == 1] for b in dataset.eval_batches()])
+  labels = np.concatenate([b.label[b.mask == 1] for b in dataset.eval_batches()])
   np.testing.assert_array_equal(labels, [0, 0, 217, 217])
 
 

@@ -19,7 +19,7 @@ import pytest
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import checkpointing, data, evaluate, parallel, train
-from alexnet_jax.data import augment
+from alexnet_jax.data import augment, to_devices
 from tests.conftest import saved_state, tiny_config
 from tests.reference import reference_sgd
 
@@ -150,7 +150,7 @@ def test_owt_evaluation_on_2x2_counts_every_example_once_as_on_4x1():
     template = train.create_train_state(config, net, mesh).params   # placed as on this mesh
     placed = jax.tree.map(lambda t, p: jax.device_put(p, t.sharding), template, params)
     step = parallel.make_eval_step(net, augment.from_config(config), mesh)
-    put = parallel.batch_to_devices(mesh, parallel.batch_spec(net, mesh))
+    put = to_devices.ToDevices(mesh, parallel.batch_spec(net, mesh))
     results.append(evaluate.evaluate(step, [placed], dataset, put))
   split, whole = results
   assert split['examples'] == whole['examples'] == 13

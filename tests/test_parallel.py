@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from alexnet_jax import data, evaluate, optim, parallel, train
-from alexnet_jax.data import augment
+from alexnet_jax.data import augment, to_devices
 from tests.conftest import assert_same_tree, tiny_config
 from tests.reference import reference_sgd
 
@@ -143,7 +143,7 @@ def test_nothing_compiles_after_the_first_steps():
 
   jax.monitoring.register_event_duration_secs_listener(on_event)
   try:
-    put = parallel.batch_to_devices(mesh, parallel.batch_spec(model, mesh))
+    put = to_devices.ToDevices(mesh, parallel.batch_spec(model, mesh))
     batches = dataset.train_batches(0, put=put)
     state, _ = train_step(state, next(batches))
     evaluate.evaluate(eval_step, [state.params], dataset, put)

@@ -73,7 +73,7 @@ def test_imagenet_tars_to_a_store_then_training_and_a_resume(ilsvrc_tars, tmp_pa
   assert (imagenet.examples('train'), imagenet.examples('validation')) == (8, 4)
   assert len(imagenet.classes) == 1000 and imagenet.classes[217] == 'n02102040'
   train = data.create(_store_config(str(out)), 4).train_batches(0)
-  labels = np.concatenate([next(train)['label'] for _ in range(2)])   # the 8 images
+  labels = np.concatenate([next(train).label for _ in range(2)])   # the 8 images
   assert sorted(labels) == [0] * 4 + [217] * 4   # wnid folders' ImageNet-1k indices
 
   flags = [f'--config.{k}={v}' for k, v in dict(

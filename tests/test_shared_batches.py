@@ -2,6 +2,7 @@
 make, slots are reused without a batch being overwritten while it is held, and nothing is
 left in /dev/shm."""
 
+import copy
 import errno
 import faulthandler
 import os
@@ -12,7 +13,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors, parallel
-from alexnet_jax.data import loader, shared_batches, synthetic
+from alexnet_jax.data import loader, shared_batches, synthetic, to_devices
 
 
 def _data(workers: int, threads: int, batch: int = 8, examples: int = 40):
@@ -40,7 +41,7 @@ def test_kept_batches_stay_whole_while_the_decoders_reuse_their_slots(workers, t
   faulthandler.dump_traceback_later(120, exit=True)   # a wait that never ends fails loudly
   try:
     copied = _data(0, 1).train_batches(5)
-    expected = [{k: v.copy() for k, v in next(copied).items()} for _ in range(count)]
+    expected = [copy.deepcopy(next(copied)) for _ in range(count)]
     copied.close()
     stream = _data(workers, threads).train_batches(5)
     kept = [next(stream) for _ in range(count)]
@@ -48,9 +49,9 @@ def test_kept_batches_stay_whole_while_the_decoders_reuse_their_slots(workers, t
   finally:
     faulthandler.cancel_dump_traceback_later()
   for got, want in zip(kept, expected, strict=True):
-    np.testing.assert_array_equal(got['image'], want['image'])
-    np.testing.assert_array_equal(got['label'], want['label'])
-  assert len({b['image'].tobytes() for b in kept}) == count   # no two batches alike
+    np.testing.assert_array_equal(got.image, want.image)
+    np.testing.assert_array_equal(got.label, want.label)
+  assert len({b.image.tobytes() for b in kept}) == count   # no two batches alike
   del kept
   assert _segments() == before   # the rings' segments are unlinked
 
@@ -61,8 +62,8 @@ def test_a_padded_eval_pass_from_processes_equals_one_from_threads():
   assert len(got) == len(want) == 3
   for g, w in zip(got, want):
     for key in ('image', 'label', 'mask'):
-      np.testing.assert_array_equal(g[key], w[key])
-  assert sum(b['mask'].sum() for b in got) == 21
+      np.testing.assert_array_equal(getattr(g, key), getattr(w, key))
+  assert sum(b.mask.sum() for b in got) == 21
 
 
 def test_a_slot_returns_to_its_worker_when_the_last_array_viewing_it_is_gone():
@@ -107,12 +108,12 @@ def test_a_full_dev_shm_is_refused_with_what_to_do(monkeypatch):
 
 def test_batches_reach_the_devices_on_another_thread_two_steps_ahead():
   mesh = parallel.make_mesh()
-  put = parallel.batch_to_devices(mesh)
+  put = to_devices.ToDevices(mesh)
   threads, calls = set(), []
 
   def recording_put(batch):
     threads.add(threading.get_ident())
-    calls.append(int(batch['label'][0]))
+    calls.append(int(batch.label[0]))
     return put(batch)
 
   stream = _data(0, 1).train_batches(0, put=recording_put)
@@ -134,8 +135,8 @@ def test_batches_reach_the_devices_on_another_thread_two_steps_ahead():
 def test_batches_staged_in_pinned_host_memory_arrive_unchanged():
   mesh = parallel.make_mesh()
   host = next(_data(0, 1).train_batches(0))
-  direct = parallel.batch_to_devices(mesh, staging='none')(host)
-  pinned = parallel.batch_to_devices(mesh, staging='pinned')(host)
-  for key in host:
-    np.testing.assert_array_equal(np.asarray(pinned[key]), host[key])
+  direct = to_devices.ToDevices(mesh, staging='none')(host)
+  pinned = to_devices.ToDevices(mesh, staging='pinned')(host)
+  for key, value in host.arrays().items():
+    np.testing.assert_array_equal(np.asarray(pinned[key]), value)
     assert pinned[key].sharding == direct[key].sharding   # on the devices, as the step takes it

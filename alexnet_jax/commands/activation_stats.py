@@ -46,7 +46,7 @@ def main(argv):
   dataset = data.create(config, config.global_batch_size)
   model = train.create_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, mesh)
-  probe = next(iter(dataset.eval_batches()))
+  probe = next(iter(dataset.eval_batches())).arrays()
   stream = dataset.train_batches(0)
   step = parallel.make_train_step(model, aug, config.seed, mesh)
 
@@ -62,7 +62,7 @@ def main(argv):
 
   show(f'{config.model}, initialization={config.initialization}, at initialisation')
   for i in range(1, steps + 1):
-    state, metrics = step(state, parallel.shard_batch(next(stream), mesh))
+    state, metrics = step(state, parallel.shard_batch(next(stream).arrays(), mesh))
     print(f'step {i}: loss {float(metrics["loss"]):.3f}, gradient norm '
           f'{float(metrics["grad_norm"]):.3g}', flush=True)
   stream.close()

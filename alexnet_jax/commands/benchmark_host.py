@@ -7,22 +7,26 @@ TensorFlow and TFDS (grain, array_record, simplejpeg, clu, ml_collections, ...):
 nothing it runs imports TensorFlow. In turn it
 1. makes `--images` full-size photo-like JPEGs (`benchmark_loop.photo_like`: as
    large as real photos' JPEGs, and as slow to decode) and prepares a 256x256
-   store of them;
+   store of them, or reads `--store` (a store of real photos is better);
 2. times the input alone: libjpeg-turbo on one thread, the loader with threads
    only, and the loader as the trainer reads (decoding processes on hosts of 8
    cores or more), each images/s and images/s per core used;
 3. for each of `--models` and `--batch_sizes`, in the trainer's dtype for the
    platform: the step alone (a batch already on the devices) and the loop (the
    loader's batches copied to the devices on its background thread, trained
-   on), and the training thread's CPU time per step;
+   on), and the training thread's CPU time per step; where `--gpu_decode` lists
+   host shares (on a GPU host with the GPU decoder installed), the input and the
+   loop again with the JPEGs decoded on the GPU, that share of each device's
+   rows on the host;
 4. runs `main.py` itself on the store for `--train_steps` steps with a
    checkpoint, then the same command with `--resume_steps` more, which resumes
    from it: images/s, the training thread's CPU per step and the time of a save,
-   as its log reports them.
+   as its log reports them (it decodes as `--config.decode=auto` picks).
 Then it prints one table.
 """
 
 import argparse
+import os
 import pathlib
 import re
 import statistics
@@ -30,16 +34,20 @@ import subprocess
 import sys
 import time
 
-import jax
+# This process takes the GPU memory it uses, not JAX's default 75% of it: main.py runs beside
+# it and needs its own.
+os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
+import jax  # noqa: E402  (after the variable above)
 
 from alexnet_jax import platform
 from alexnet_jax.commands import benchmark_loop
-from alexnet_jax.data import loader, store
+from alexnet_jax.data import gpu_decode, loader, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]   # the repository: main.py, configs/
 _PROGRESS = re.compile(r'([\d.]+) images/s, .* spent ([\d.]+) ms of CPU per step')
-_SAVED = re.compile(r'Checkpoint \S+ saved in ([\d.]+) s')
+_SAVED = re.compile(r'Checkpoint \S+: the step waited ([\d.]+) s for it')
 _RESTORED = re.compile(r'Restored the checkpoint of step (\d+)')
+_DECODED = re.compile(r'JPEGs are decoded on the (\w+)')
 
 
 def run_main(workdir: pathlib.Path, store_path: pathlib.Path, model: str, steps: int,
@@ -64,13 +72,17 @@ def run_main(workdir: pathlib.Path, store_path: pathlib.Path, model: str, steps:
           'images_per_sec': statistics.median(r for r, _ in steady) if steady else None,
           'host_ms': statistics.median(m for _, m in steady) if steady else None,
           'save_s': [float(s) for s in _SAVED.findall(log)],
-          'resumed_from': int(restored[-1]) if restored else None}
+          'resumed_from': int(restored[-1]) if restored else None,
+          'decoded_on': (_DECODED.findall(log) or ['?'])[0]}
 
 
 def main(args):
   work = pathlib.Path(args.work).expanduser()
   start = time.perf_counter()
-  store_path = benchmark_loop.prepare_photo_like(work, args.images, args.stored_size)
+  if args.store:
+    store_path = pathlib.Path(args.store).expanduser()
+  else:
+    store_path = benchmark_loop.prepare_photo_like(work, args.images, args.stored_size)
   made = time.perf_counter() - start
   prepared = store.open_store(store_path)
   source = prepared.source_of('train')
@@ -81,7 +93,7 @@ def main(args):
   trainers = loader.Reading(workers=workers, threads=threads)
   device = jax.local_devices()[0]
   print(f'{jax.local_device_count()} x {device.device_kind}, {loader.cores()} cores, jax '
-        f'{jax.__version__}; {len(source):,} photo-like images ({made:.0f} s to make and '
+        f'{jax.__version__}; {len(source):,} images of {store_path} ({made:.0f} s to make and '
         f'prepare); {dtype}; the trainer decodes with {benchmark_loop.describe_reading(trainers)}.',
         flush=True)
   rows = []
@@ -111,6 +123,17 @@ def main(args):
       row(f'{model}, batch {batch}: step alone', step_rate, cores, None, host_ms)
       rate, cores, host_ms = benchmark_loop.loop(step, split, size, reading=trainers, **measure)
       row(f'{model}, batch {batch}: the loop', rate, cores, rate / step_rate, host_ms)
+      for share in args.gpu_decode:
+        decoder = gpu_decode.GpuDecoder(jax.local_devices(), size, args.hardware_share)
+        on_host = f', {share:.0%} of the rows on the host' if share else ''
+        rate, cores, _ = benchmark_loop.input_to_devices(step, split, size, reading=trainers,
+                                                         decoder=decoder, host_share=share,
+                                                         **measure)
+        row(f'{model}, batch {batch}: input alone, decoded on the GPU{on_host}', rate, cores)
+        rate, cores, host_ms = benchmark_loop.loop(step, split, size, reading=trainers,
+                                                   decoder=decoder, host_share=share, **measure)
+        row(f'{model}, batch {batch}: the loop, decoded on the GPU{on_host}', rate, cores,
+            rate / step_rate, host_ms)
       del step
   workdir = work / 'main_run'
   if workdir.exists():
@@ -124,7 +147,8 @@ def main(args):
     saves = ', '.join(f'{s:.2f}' for s in result['save_s'])
     row(f'main.py, {model}, batch {batch}, to step {steps}'
         f'{f" (resumed from {resumed})" if resumed else ""}', result['images_per_sec'], None,
-        None, result['host_ms'], f'{result["seconds"]:.0f} s in all; saves: {saves or "-"} s')
+        None, result['host_ms'], f'{result["seconds"]:.0f} s in all; saves: {saves or "-"} s; '
+        f'JPEGs decoded on the {result["decoded_on"]}')
   print()
   print('| what | images/s | cores used | of the step alone | training thread, CPU ms per '
         'step | |')
@@ -140,7 +164,14 @@ def _parse_args():
   parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
   parser.add_argument('--work', default='/tmp/alexnet_benchmark_host',
                       help='where the images, the store and the run go')
+  parser.add_argument('--store', help='a prepared store to read (default: make photo-like '
+                      'images and prepare one)')
   parser.add_argument('--images', type=int, default=8000, help='photo-like training images')
+  parser.add_argument('--gpu_decode', type=lambda t: [float(s) for s in t.split(',')],
+                      default=[], help='host shares of the GPU-decoding rows, e.g. 0,0.25')
+  parser.add_argument('--hardware_share', type=float, default=1.0,
+                      help="with --gpu_decode: the share of the GPU's rows its hardware "
+                           'decoders take')
   parser.add_argument('--stored_size', type=int, default=256)
   parser.add_argument('--image_size', type=int, default=224)
   parser.add_argument('--models', default='owt,paper')

@@ -47,7 +47,7 @@ import simplejpeg
 
 from alexnet_jax import models, optim, parallel, platform
 from alexnet_jax.commands import benchmark, prepare
-from alexnet_jax.data import image_folder, loader, store, synthetic
+from alexnet_jax.data import gpu_decode, image_folder, loader, store, synthetic, to_devices
 
 FULL_SIZE = (500, 375)   # (width, height) of a typical ImageNet photo
 # compare_inputs' rows of the decoder by itself: on one thread, and in a process per core.
@@ -257,16 +257,40 @@ def step_alone(step: Step, size: int, batch: int, steps: int, warmup: int):
 
 
 def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader.Reading,
-         steps: int, warmup: int, staging: str = 'auto'):
+         steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0):
   """(images/s, cores used, training thread's CPU ms per step) of the loader's batches,
-  copied to the devices on its background thread, trained on."""
-  put = parallel.batch_to_devices(step.mesh, step.spec, staging)
-  batches = _data(split, size, batch, reading).train_batches(0, put=put)
+  copied to the devices on its background thread (and with `decoder` their JPEGs decoded
+  there, but `host_share` of each device's rows), trained on."""
+  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoder=decoder, host_batch=batch,
+                             host_share=host_share)
+  batches = _data(split, size, batch, reading).train_batches(0, put=put,
+                                                             split=put.decode_split)
   try:
     clock = step.run(batches, steps, warmup)
   finally:
     batches.close()
   return steps * batch / clock.wall, clock.cores, 1000 * clock.thread / steps
+
+
+def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
+                     reading: loader.Reading, steps: int, warmup: int, decoder,
+                     host_share: float = 0.0):
+  """(images/s, cores used, None) of the loader's batches put on the devices, decoded there
+  by `decoder` (but `host_share` of each device's rows), without a step."""
+  put = to_devices.ToDevices(step.mesh, step.spec, decoder=decoder, host_batch=batch,
+                             host_share=host_share)
+  batches = _data(split, size, batch, reading).train_batches(0, put=put,
+                                                             split=put.decode_split)
+  try:
+    for _ in range(warmup):
+      next(batches)
+    with _Clock() as clock:
+      for _ in range(steps):
+        jax.block_until_ready(next(batches))
+      clock.stop()
+  finally:
+    batches.close()
+  return steps * batch / clock.wall, clock.cores, None
 
 
 def compare_inputs(split: loader.Split, size: int, batch: int, readings, rounds: int,
@@ -360,6 +384,17 @@ def main(args):
                  *loop(step, split, size, reading=trainers_reading, staging=args.staging,
                        **measure)))
     print(rows[-1], flush=True)
+    for share in args.gpu_decode:
+      decoder = gpu_decode.GpuDecoder(jax.local_devices(), size, args.hardware_share)
+      split_text = f', {share:.0%} of the rows on the host' if share else ''
+      rows.append((f'input alone: {read}, JPEGs decoded on the GPU{split_text}',
+                   *input_to_devices(step, split, size, reading=trainers_reading,
+                                     decoder=decoder, host_share=share, **measure)))
+      print(rows[-1], flush=True)
+      rows.append((f'the loop: {read}, JPEGs decoded on the GPU{split_text}, then the step',
+                   *loop(step, split, size, reading=trainers_reading, staging=args.staging,
+                         decoder=decoder, host_share=share, **measure)))
+      print(rows[-1], flush=True)
   print()
   print('| what | images/s | cores used | images/s per core used | of the step alone | '
         'training thread, CPU ms per step |')
@@ -403,6 +438,13 @@ def _parse_args():
   parser.add_argument('--staging', default='auto', choices=('auto', 'pinned', 'none'),
                       help='host memory the loop copies batches to the devices from')
   parser.add_argument('--input_only', action='store_true', help='time the input rows only')
+  parser.add_argument('--gpu_decode', type=lambda text: [float(s) for s in text.split(',')],
+                      default=[], help='also the input and the loop with the JPEGs decoded on '
+                      'the GPU, once for each of these shares of the rows decoded on the host '
+                      '(e.g. 0,0.25)')
+  parser.add_argument('--hardware_share', type=float, default=1.0,
+                      help="with --gpu_decode: the share of the GPU's rows its hardware "
+                           'decoders take')
   parser.add_argument('--steps', type=int, default=20, help='timed batches or steps')
   parser.add_argument('--warmup', type=int, default=5)
   return parser.parse_args()

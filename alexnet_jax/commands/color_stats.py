@@ -29,7 +29,7 @@ def compute(config, max_images: int) -> dict:
   batches = dataset.train_batches(0)
   try:
     for batch in batches:
-      taken = batch['image'][:limit - images].astype(np.float64)
+      taken = batch.image[:limit - images].astype(np.float64)
       pixels = taken.reshape(-1, 3)
       count += len(pixels)
       total += pixels.sum(0)

@@ -21,6 +21,8 @@ import numpy as np
 
 from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
                          parallel, train)
+from alexnet_jax.data import to_devices
+
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
@@ -35,7 +37,7 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   dataset = data.create(config, config.global_batch_size)
   config_checks.check_classes(config, dataset.num_classes)
   model = train.create_model(config, dataset.num_classes)
-  put = parallel.batch_to_devices(mesh, parallel.batch_spec(model, mesh))
+  put = to_devices.for_config(config, mesh, parallel.batch_spec(model, mesh), dataset.jpeg_store)
   template = train.create_train_state(config, model, mesh)
   eval_step = parallel.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
   members, results = [], {}

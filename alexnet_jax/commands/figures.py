@@ -67,8 +67,8 @@ def _take(batches, n: int):
   """The first n images and labels of training batches."""
   images, labels = [], []
   for batch in batches:
-    images.append(batch['image'])
-    labels.append(batch['label'])
+    images.append(batch.image)
+    labels.append(batch.label)
     if sum(len(x) for x in labels) >= n:
       break
   return np.concatenate(images)[:n], np.concatenate(labels)[:n]
@@ -79,7 +79,7 @@ def _one_per_class(batches, n: int):
   sorted by class, so the first n images would all be of one)."""
   firsts, rest = {}, []
   for batch in batches:
-    for image, label, mask in zip(batch['image'], batch['label'], batch['mask']):
+    for image, label, mask in zip(batch.image, batch.label, batch.mask):
       if mask == 0:
         continue
       if int(label) in firsts:

@@ -4,7 +4,9 @@
   decode.py      encoded image -> the paper's square (shorter side to S, centre S x S)
   store.py       the store: ArrayRecord shards of S x S JPEG or raw pixels, written once
                  from a source by `python -m alexnet_jax.commands.prepare`
-  loader.py      per-host batches of S x S uint8 images, shuffled, decoded by worker processes
+  loader.py      per-host batches (host_batch.py) of S x S uint8 images, shuffled, decoded by
+                 worker processes, or of the JPEG bytes of the rows the devices decode
+  to_devices.py  host batch -> the batch on the devices; gpu_decode.py decodes JPEGs there
   augment.py     on the device, inside the jitted step: the paper's patches, reflections,
                  PCA lighting and mean subtraction
 
@@ -15,7 +17,9 @@
                  larger ones read faster prepared into a store)
   synthetic      generated images, no download
 
-Nothing here imports TensorFlow.
+Nothing here imports TensorFlow, and nothing the decoding processes load imports JAX:
+to_devices.py and gpu_decode.py are imported by the trainer alone (gpu_decode.py is the only
+importer of the optional GPU decoder).
 """
 
 from etils import epath

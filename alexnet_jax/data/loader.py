@@ -20,8 +20,12 @@ permutation per epoch, not a computation per image. With `workers` decoding
 processes (grain's `mp_prefetch`), each process's pool is shared memory that
 the trainer reads where it lies, so a process costs what a thread costs.
 
-Given `put` (host batch -> device batch), a background thread calls it on each
-batch two steps ahead, so the training thread only dispatches steps.
+Where the devices decode JPEGs (`host_batch.DecodeSplit`), the rows they decode
+carry the stored JPEG's bytes instead of pixels: the host only reads them.
+
+Batches are `host_batch.HostBatch`es. Given `put` (host batch -> device batch,
+`to_devices.py`), a background thread calls it on each batch two steps ahead,
+so the training thread only dispatches steps.
 """
 
 import abc
@@ -40,6 +44,7 @@ import numpy as np
 from absl import flags
 
 from alexnet_jax.data import shared_batches
+from alexnet_jax.data.host_batch import JPEG_BYTES_PER_PIXEL, DecodeSplit, HostBatch
 from alexnet_jax.errors import DataError
 
 # Batches on the devices ahead of the step (with `put`).
@@ -53,6 +58,7 @@ _LENDABLE = 4
 class ImageSource(abc.ABC):
   """A split's square uint8 images by index, each decoded into an array it is given."""
   image_size: int
+  stores_jpegs = False   # whether `jpeg` gives every image's stored JPEG
 
   @abc.abstractmethod
   def __len__(self) -> int:
@@ -61,6 +67,12 @@ class ImageSource(abc.ABC):
   @abc.abstractmethod
   def read_into(self, index: int, out: np.ndarray) -> int:
     """Writes image `index` into `out` (uint8 [S, S, 3]) and returns its label."""
+
+  def jpeg(self, index: int) -> tuple[int, memoryview] | None:
+    """(label, the stored JPEG of image `index`, already `image_size` square) where the source
+    keeps one, for a device to decode; None where only the host can decode it."""
+    del index
+    return None
 
   def __getitem__(self, index: int) -> dict:
     image = np.empty((self.image_size, self.image_size, 3), np.uint8)
@@ -87,14 +99,17 @@ class Data:
   eval_examples: int        # the whole validation split, all hosts together
   steps_per_epoch: int
   eval_steps: int           # batches per evaluation pass, the same on every host
-  # train_batches(start_step, put=None): this host's batches of steps start_step + 1,
-  # start_step + 2, ... A function of the seed and the step alone: a resumed run reads what
-  # the interrupted one would have read. With `put`, put(batch) of each, made ahead on a
-  # background thread.
-  train_batches: Callable[..., Iterator[dict]]
-  # eval_batches(put=None): one pass over this host's share of the validation split.
-  eval_batches: Callable[..., Iterator[dict]]
+  # train_batches(start_step, put=None, split=None): this host's batches (HostBatch) of
+  # steps start_step + 1, start_step + 2, ... A function of the seed and the step alone: a
+  # resumed run reads what the interrupted one would have read. With `put`, put(batch) of
+  # each, made ahead on a background thread. With `split` (a DecodeSplit), the rows it gives
+  # the devices carry their JPEG bytes instead of pixels.
+  train_batches: Callable[..., Iterator]
+  # eval_batches(put=None, split=None): one pass over this host's share of the validation
+  # split.
+  eval_batches: Callable[..., Iterator]
   class_names: tuple[str, ...] = ()
+  jpeg_store: bool = False  # both splits' images are stored JPEGs a device can decode
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,10 +142,15 @@ class _HostBatches:
   and masked): which examples it holds, decoded into one array."""
 
   def __init__(self, split: Split, *, image_size: int, global_batch: int, host_batch: int,
-               host_index: int, steps_per_epoch: int, seed: int | None = None):
+               host_index: int, steps_per_epoch: int, seed: int | None = None,
+               decode_split: DecodeSplit | None = None):
     self.split, self.image_size, self.seed = split, image_size, seed   # seed None: eval
     self.global_batch, self.host_batch, self.host_index = global_batch, host_batch, host_index
     self.steps_per_epoch = steps_per_epoch
+    # The rows whose JPEG bytes go to the devices; None: the host decodes every row.
+    self.on_device = None
+    if decode_split is not None and decode_split.host_rows < decode_split.per_device:
+      self.on_device = decode_split.on_device(host_batch)
     self.local = None   # the slots of the decoding threads of this process, if they decode
     self._orders, self._lock = {}, threading.Lock()
 
@@ -145,9 +165,13 @@ class _HostBatches:
   @property
   def layout(self) -> shared_batches.Layout:
     fields = [('image', (self.host_batch, self.image_size, self.image_size, 3), np.uint8),
-              ('label', (self.host_batch,), np.int32)]
+              ('label', (self.host_batch,), np.int32), ('index', (self.host_batch,), np.int64)]
     if self.seed is None:
       fields.append(('mask', (self.host_batch,), np.float32))
+    if self.on_device is not None:
+      room = int(self.on_device.sum() * self.image_size**2 * JPEG_BYTES_PER_PIXEL)
+      fields += [('jpeg', (room,), np.uint8),
+                 ('jpeg_offsets', (self.host_batch + 1,), np.int64)]
     return shared_batches.Layout(tuple(fields))
 
   def _epoch_order(self, epoch: int) -> np.ndarray:
@@ -176,12 +200,25 @@ class _HostBatches:
     ring = shared_batches.worker_ring()   # in a decoding process
     slot, batch = (ring or self.local).claim()
     images, labels = batch['image'], batch['label']
+    batch['index'][:] = np.where(real, indices, -1)
+    jpeg, offsets = batch.get('jpeg'), batch.get('jpeg_offsets')
+    end = 0
     for row, (index, is_example) in enumerate(zip(indices.tolist(), real.tolist())):
-      if is_example:
+      if offsets is not None:
+        offsets[row] = end
+      stored = (self.split.source.jpeg(index)
+                if is_example and offsets is not None and self.on_device[row] else None)
+      if stored is not None and len(stored[1]) <= len(jpeg) - end:
+        labels[row] = stored[0]
+        jpeg[end:end + len(stored[1])] = np.frombuffer(stored[1], np.uint8)
+        end += len(stored[1])
+      elif is_example:
         labels[row] = self.split.source.read_into(index, images[row])
       else:
         images[row] = 0
         labels[row] = 0
+    if offsets is not None:
+      offsets[-1] = end
     if 'mask' in batch:
       batch['mask'][:] = real
     return {'ring': ring.index if ring else 0, 'slot': slot}
@@ -208,22 +245,23 @@ def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, i
   common = dict(image_size=image_size, global_batch=global_batch, host_batch=host_batch,
                 host_index=reading.process_index, steps_per_epoch=steps_per_epoch)
 
-  def train_batches(start_step: int, put=None) -> Iterator[dict]:
-    batches = _HostBatches(train, seed=seed, **common)
+  def train_batches(start_step: int, put=None, split=None) -> Iterator[HostBatch]:
+    batches = _HostBatches(train, seed=seed, decode_split=split, **common)
     return _iterate(batches, grain.MapDataset.range(start_step, 2**62), reading, put)
 
-  def eval_batches(put=None) -> Iterator[dict]:
-    batches = _HostBatches(evaluation, **common)
+  def eval_batches(put=None, split=None) -> Iterator[HostBatch]:
+    batches = _HostBatches(evaluation, decode_split=split, **common)
     return _iterate(batches, grain.MapDataset.range(eval_steps), reading, put)
 
   return Data(num_classes=num_classes, image_size=image_size, train_examples=train.examples,
               eval_examples=evaluation.examples, steps_per_epoch=steps_per_epoch,
               eval_steps=eval_steps, train_batches=train_batches, eval_batches=eval_batches,
-              class_names=tuple(class_names))
+              class_names=tuple(class_names),
+              jpeg_store=train.source.stores_jpegs and evaluation.source.stores_jpegs)
 
 
 def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
-             put) -> Iterator[dict]:
+             put) -> Iterator:
   dataset = numbers.map(batches).to_iter_dataset(
       grain.ReadOptions(num_threads=reading.threads, prefetch_buffer_size=reading.threads))
   # Never waiting on each other: while the trainer waits for batch b, its decoders hold b's
@@ -243,14 +281,15 @@ def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
     dataset = dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=reading.workers),
         worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in pools]))
-  dataset = dataset.map(lambda handle: pools[handle['ring']].lend(handle['slot']))
+  dataset = dataset.map(
+      lambda handle: HostBatch.from_arrays(pools[handle['ring']].lend(handle['slot'])))
   if put is not None:
     dataset = grain.experimental.ThreadPrefetchIterDataset(
         dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH)
   return _closing(iter(dataset), pools, hold_signals=reading.workers > 0)
 
 
-def _closing(iterator, pools, hold_signals: bool) -> Iterator[dict]:
+def _closing(iterator, pools, hold_signals: bool) -> Iterator:
   try:
     # The first batch starts grain's threads, and they the decoding processes: started with
     # SIGINT and SIGTERM held, those inherit them held, and the trainer alone answers a Ctrl-C

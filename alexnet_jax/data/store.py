@@ -91,6 +91,7 @@ class StoreSplit(loader.ImageSource):
   def __init__(self, paths: list[str], encoding: str, size: int, examples: int):
     self._records = grain.sources.ArrayRecordDataSource(paths)
     self._encoding, self.image_size = encoding, size
+    self.stores_jpegs = encoding == 'jpeg'
     if len(self._records) != examples:
       raise DataError(f'The store shards {paths[0]}... hold {len(self._records)} images, its '
                       f'metadata says {examples}: prepare the store again.')
@@ -103,7 +104,13 @@ class StoreSplit(loader.ImageSource):
     return self._records[index]
 
   def read_into(self, index, out):
-    return decode_record_into(self._records[index], self._encoding, out)
+    return decode_record_into(self.record(index), self._encoding, out)
+
+  def jpeg(self, index):
+    if self._encoding != 'jpeg':
+      return None
+    record = self.record(index)
+    return _LABEL.unpack_from(record)[0], memoryview(record)[_LABEL.size:]
 
 
 def is_complete(path) -> bool:
