@@ -1,5 +1,6 @@
 """The throughput benchmarks run, count FLOPs right, and need no TensorFlow."""
 
+import dataclasses
 import pathlib
 import subprocess
 import sys
@@ -8,7 +9,8 @@ import numpy as np
 
 from alexnet_jax import models
 from alexnet_jax.commands import benchmark, benchmark_loop, prepare
-from alexnet_jax.data import loader, store
+from alexnet_jax.data import augment, loader, store
+from configs import alexnet
 from tests.conftest import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,6 +20,18 @@ def test_benchmark_imports_no_tensorflow():
   # The GPU machines it is meant for have JAX but no TensorFlow.
   code = 'import sys, alexnet_jax.commands.benchmark; assert "tensorflow" not in sys.modules, sorted(sys.modules)'
   subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_benchmark_steps_augment_and_descend_as_the_owt_config_trains():
+  """The benchmark builds the step without loading a config (it runs where ml_collections is
+  not installed): what it builds is the `owt` config's augmentation and SGD all the same."""
+  config = alexnet.get_config('owt')
+  expected, got = augment.from_config(config), benchmark.augmentation(config.image_size)
+  for field in dataclasses.fields(augment.Augmentation):
+    np.testing.assert_array_equal(getattr(got, field.name), getattr(expected, field.name),
+                                  err_msg=field.name)
+  assert benchmark.SGD == {name: config[name]
+                           for name in ('learning_rate', 'momentum', 'weight_decay')}
 
 
 def _taps(size: int, kernel: int, stride: int, padding: int) -> int:

@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models, optim, parallel
-from alexnet_jax.data import augment
+from alexnet_jax.data import augment, imagenet_color
 
 # Dense peak FLOP/s per device (vendor figures), by a piece of the device kind
 # and the compute dtype; float32 matmuls on these GPUs run as TF32 by default.
@@ -45,18 +45,17 @@ KNOWN_PEAKS = {
     'TPU v5p': {'bfloat16': 459e12, 'float32': 459e12},
     'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12},
 }
-MEAN_RGB = (123.68, 116.78, 103.94)
-STD_RGB = (58.395, 57.12, 57.375)
-PCA_EIGVAL = (55.46, 4.794, 1.148)
-PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+SGD = {'learning_rate': 0.01, 'momentum': 0.9, 'weight_decay': 5e-4}   # the paper's, both steps
 
 
 def augmentation(image_size: int) -> augment.Augmentation:
-  """The trainer's default augmentation (configs/alexnet.py) for `image_size` patches."""
-  return augment.Augmentation(image_size=image_size, mean=np.asarray(MEAN_RGB, np.float32),
-                              std=np.asarray(STD_RGB, np.float32), pca_std=0.1,
-                              pca_eigval=np.asarray(PCA_EIGVAL, np.float32),
-                              pca_eigvec=np.asarray(PCA_EIGVEC, np.float32))
+  """The trainer's default augmentation for `owt` (configs/alexnet.py) for `image_size` patches."""
+  as_array = lambda values: np.asarray(values, np.float32)
+  return augment.Augmentation(image_size=image_size, mean=as_array(imagenet_color.MEAN_RGB),
+                              std=as_array(imagenet_color.STD_RGB),
+                              pca_std=imagenet_color.PCA_LIGHTING_STD,
+                              pca_eigval=as_array(imagenet_color.PCA_EIGVAL),
+                              pca_eigvec=as_array(imagenet_color.PCA_EIGVEC))
 
 
 def _peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
@@ -119,7 +118,7 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   devices = jax.local_devices()
   mesh = parallel.make_mesh(devices, model_axis_size)
   model = models.AlexNet(num_classes=num_classes, variant=variant, dtype=jnp.dtype(dtype))
-  state = parallel.init_train_state(model, optim.paper_sgd(0.01, 0.9, 5e-4), image_size,
+  state = parallel.init_train_state(model, optim.paper_sgd(**SGD), image_size,
                                    seed=0, mesh=mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
@@ -177,12 +176,13 @@ def bench_torch(dtype: str, global_batch: int, image_size: int, num_classes: int
   # NHWC is cuDNN's fast layout for tensor-core convolutions (and XLA's choice on GPU).
   memory_format = torch.channels_last if on_gpu else torch.contiguous_format
   model = _torch_alexnet(num_classes).to(device, memory_format=memory_format)
-  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
+  opt = torch.optim.SGD(model.parameters(), lr=SGD['learning_rate'], momentum=SGD['momentum'],
+                        weight_decay=SGD['weight_decay'])
   images = torch.randint(0, 256, (global_batch, 3, image_size, image_size), dtype=torch.uint8,
                          device=device).contiguous(memory_format=memory_format)
   labels = torch.randint(0, num_classes, (global_batch,), device=device)
-  mean = torch.tensor(MEAN_RGB, device=device).view(1, 3, 1, 1)
-  std = torch.tensor(STD_RGB, device=device).view(1, 3, 1, 1)
+  mean = torch.tensor(imagenet_color.MEAN_RGB, device=device).view(1, 3, 1, 1)
+  std = torch.tensor(imagenet_color.STD_RGB, device=device).view(1, 3, 1, 1)
   autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
 
   def step():
