@@ -24,6 +24,7 @@ TensorFlow, and no torch outside the peer's process.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -207,10 +208,10 @@ def peer_cells(jax_images_per_s: float, rates: dict[str, float]) -> list[str]:
            for mode in torch_peer.MODES])
 
 
-def _in_child_process(args, dtype: str, batch: int, *configuration: str):
-  """What a fresh process prints last, as JSON: one configuration's row or peer. A process
-  of its own, so the device's peak memory is that step's alone, and PyTorch and JAX never
-  share a process."""
+def _in_child_process(args, env: dict, dtype: str, batch: int, *configuration: str):
+  """What a fresh process with environment `env` prints last, as JSON: one configuration's
+  row or peer. A process of its own, so the device's peak memory is that step's alone, and
+  PyTorch and JAX never share a process."""
   listed = ('models', 'dtypes', 'batch_sizes', 'model_axis_sizes')
   flags = [f'--{name}' if value is True else f'--{name}={value}'
            for name, value in vars(args).items()
@@ -218,15 +219,18 @@ def _in_child_process(args, dtype: str, batch: int, *configuration: str):
            if value is not None and value is not False and name not in listed]
   command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', f'--dtypes={dtype}',
              f'--batch_sizes={batch}', *flags, *configuration]
-  output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+  output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True,
+                          env=env).stdout
   return json.loads(output.strip().splitlines()[-1])
 
 
-def _peer_in_child_process(args, device: str, dtype: str, batch: int) -> dict[str, float]:
+def _peer_in_child_process(args, env: dict, device: str, dtype: str, batch: int
+                           ) -> dict[str, float]:
   """The peer's rates; none (its columns '-') where its process fails, whose error is then
   printed above, so that the JAX rows still come out."""
   try:
-    return _in_child_process(args, dtype, batch, '--models=owt', f'--peer_json={device}')
+    return _in_child_process(args, env, dtype, batch, '--models=owt',
+                             f'--peer_json={device}')
   except subprocess.CalledProcessError as error:
     print(f'PyTorch peer failed at {dtype}, batch {batch} (exit {error.returncode}, its error '
           'is above): its columns are "-"', flush=True)
@@ -244,6 +248,11 @@ def main(args):
     _, dtype, batch, _ = configurations[0]
     print(json.dumps(peer_rates(args, args.peer_json, dtype, batch)))
     return
+  env = dict(os.environ)   # the configurations' processes', as given
+  if not args.one_process:
+    # This process only asks JAX which devices there are: on a GPU it would otherwise hold
+    # 75% of the memory that the configurations' processes, JAX's and PyTorch's, need.
+    os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{jax.local_device_count()} x {jax.local_devices()[0].device_kind}', flush=True)
   device, peer_line = peer_device(args)
@@ -251,9 +260,9 @@ def main(args):
   rows = []
   for variant, dtype, batch, split in configurations:
     r = (configuration_row(args, variant, dtype, batch, split) if args.one_process
-         else _in_child_process(args, dtype, batch, f'--models={variant}',
+         else _in_child_process(args, env, dtype, batch, f'--models={variant}',
                                 f'--model_axis_sizes={split}', '--row_json'))
-    rates = (_peer_in_child_process(args, device, dtype, batch)
+    rates = (_peer_in_child_process(args, env, device, dtype, batch)
              if device and variant == 'owt' and split == 1 else {})
     rows.append(r['cells'] + peer_cells(r['images_per_s'], rates))
     print(' | '.join(rows[-1]), flush=True)
