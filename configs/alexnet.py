@@ -12,6 +12,8 @@ Any field can be overridden, e.g. `--config.global_batch_size=256`.
 
 import ml_collections
 
+from alexnet_jax.data import imagenet_color
+
 
 def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
@@ -61,19 +63,16 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # which decodes Huffman codes on the host's cores).
   config.decode_host_share = 0.5
   config.decode_hardware_share = 1.0
-  config.mean_rgb = (123.68, 116.78, 103.94)  # ImageNet's mean pixel, subtracted on the device
+  config.mean_rgb = imagenet_color.MEAN_RGB  # ImageNet's mean pixel, subtracted on the device
   # 'pixel': subtract mean_rgb. 'image': the training set's mean image, as the paper did
   # (needs color_stats='computed').
   config.subtract_mean = 'pixel'
   config.std_rgb = (1.0, 1.0, 1.0)  # the paper feeds raw pixel values minus the mean
-  config.pca_lighting_std = 0.1    # std of the PCA colour-shift coefficients; 0 turns it off
-  # ImageNet's RGB principal components, the values used since fb.resnet.torch (the paper
-  # used its own): eigenvalues of the covariance of pixels in [0, 1] times 255, so that the
-  # shift eigvec @ (alpha * eigval) is in 0-255 pixel units; eigenvectors as columns.
-  config.pca_eigval = (55.46, 4.794, 1.148)
-  config.pca_eigvec = ((-0.5675, 0.7192, 0.4009),
-                       (-0.5808, -0.0045, -0.8140),
-                       (-0.5836, -0.6948, 0.4203))
+  # std of the PCA colour-shift coefficients; 0 turns it off.
+  config.pca_lighting_std = imagenet_color.PCA_LIGHTING_STD
+  # ImageNet's RGB principal components in 0-255 pixel units, eigenvectors as columns.
+  config.pca_eigval = imagenet_color.PCA_EIGVAL
+  config.pca_eigvec = imagenet_color.PCA_EIGVEC
   # 'config': mean_rgb and the PCA above; 'computed': those of this training set, from
   # WORKDIR/color_stats.json, written by `python -m alexnet_jax.commands.color_stats`.
   config.color_stats = 'config'
@@ -164,4 +163,4 @@ def _one_weird_trick(config):
   """torchvision's AlexNet: one tower, PyTorch's initialisation, inputs scaled to unit std."""
   config.model = 'owt'
   config.initialization = 'pytorch'
-  config.std_rgb = (58.395, 57.12, 57.375)
+  config.std_rgb = imagenet_color.STD_RGB   # torchvision's

@@ -1,14 +1,18 @@
 """The throughput benchmarks run, count FLOPs right, and need no TensorFlow."""
 
+import dataclasses
+import importlib.util
 import pathlib
 import subprocess
 import sys
 
 import numpy as np
+import pytest
 
 from alexnet_jax import models
 from alexnet_jax.commands import benchmark, benchmark_loop, prepare
-from alexnet_jax.data import loader, store
+from alexnet_jax.data import augment, loader, store
+from configs import alexnet
 from tests.conftest import write_image_folder
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -18,6 +22,18 @@ def test_benchmark_imports_no_tensorflow():
   # The GPU machines it is meant for have JAX but no TensorFlow.
   code = 'import sys, alexnet_jax.commands.benchmark; assert "tensorflow" not in sys.modules, sorted(sys.modules)'
   subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=120)
+
+
+def test_benchmark_steps_augment_and_descend_as_the_owt_config_trains():
+  """The benchmark builds the step without loading a config (it runs where ml_collections is
+  not installed): what it builds is the `owt` config's augmentation and SGD all the same."""
+  config = alexnet.get_config('owt')
+  expected, got = augment.from_config(config), benchmark.augmentation(config.image_size)
+  for field in dataclasses.fields(augment.Augmentation):
+    np.testing.assert_array_equal(getattr(got, field.name), getattr(expected, field.name),
+                                  err_msg=field.name)
+  assert benchmark.SGD == {name: config[name]
+                           for name in ('learning_rate', 'momentum', 'weight_decay')}
 
 
 def _taps(size: int, kernel: int, stride: int, padding: int) -> int:
@@ -47,12 +63,28 @@ def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
 def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
   command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', '--models=owt', '--dtypes=float32',
              '--batch_sizes=4', '--image_size=64', '--num_classes=10', '--steps=1',
-             '--repeats=1', '--warmup=0', '--no_torch']
+             '--repeats=1', '--warmup=0', '--torch=off']
   output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
                           timeout=300).stdout
   rows = [line for line in output.splitlines() if line.startswith('| owt |')]
   assert [row.split(' | ')[3] for row in rows] == ['4']
-  assert all(row.split(' | ')[-2:] == ['-', '- |'] for row in rows)   # --no_torch reached them
+  assert all(row.split(' | ')[-4:] == ['-', '-', '-', '- |'] for row in rows)   # --torch=off reached them
+  assert 'PyTorch peer: off (--torch=off)' in output.splitlines()
+
+
+@pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
+                    reason='torch is installed here: tests/test_torch_peer.py times the peer')
+def test_command_says_in_a_line_that_torch_is_absent_and_times_jax_alone():
+  command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', '--models=owt',
+             '--dtypes=bfloat16', '--batch_sizes=4', '--image_size=64', '--num_classes=10',
+             '--steps=1', '--repeats=1', '--warmup=0']
+  output = subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
+                          timeout=300).stdout
+  assert [line for line in output.splitlines() if line.startswith('PyTorch peer')] == [
+      'PyTorch peer: not timed, torch and torchvision are not installed '
+      '(pip install torch torchvision to time it)']
+  rows = [line.split(' | ') for line in output.splitlines() if line.startswith('| owt |')]
+  assert len(rows) == 1 and float(rows[0][4]) > 0 and rows[0][-4:] == ['-', '-', '-', '- |']
 
 
 def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):

@@ -11,10 +11,12 @@ reports it (or XLA's plan of one device's memory for the step where it does
 not), and the model FLOPs utilisation against `--peak_tflops` or a known peak
 for the device. Each configuration runs in a process of its own.
 
-Where PyTorch is installed, the same single-tower AlexNet (torchvision's,
-written below) is timed as a training step on the same device and batch, and
-the ratio JAX/PyTorch is printed: on shared, noisy machines a side-by-side
-ratio says more than an absolute time. Imports no TensorFlow.
+Beside each `owt` row on data parallelism it times PyTorch's peer where torch and
+torchvision are installed (`alexnet_jax/torch_peer.py`: torchvision's AlexNet, the same SGD,
+`channels_last`, bfloat16 autocast for the bfloat16 rows), eager and under `torch.compile`,
+on the same device and batch, in a process of its own, and prints the ratios JAX/PyTorch: on
+shared, noisy machines a side-by-side ratio says more than an absolute time. Imports no
+TensorFlow, and no torch outside the peer's process.
 
   python -m alexnet_jax.commands.benchmark --models=owt,paper --dtypes=float32,bfloat16 \
       --batch_sizes=128,256 --steps=20
@@ -22,6 +24,7 @@ ratio says more than an absolute time. Imports no TensorFlow.
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -31,8 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models, optim, parallel
-from alexnet_jax.data import augment
+from alexnet_jax import models, optim, parallel, torch_peer
+from alexnet_jax.data import augment, imagenet_color
 
 # Dense peak FLOP/s per device (vendor figures), by a piece of the device kind
 # and the compute dtype; float32 matmuls on these GPUs run as TF32 by default.
@@ -45,18 +48,17 @@ KNOWN_PEAKS = {
     'TPU v5p': {'bfloat16': 459e12, 'float32': 459e12},
     'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12},
 }
-MEAN_RGB = (123.68, 116.78, 103.94)
-STD_RGB = (58.395, 57.12, 57.375)
-PCA_EIGVAL = (55.46, 4.794, 1.148)
-PCA_EIGVEC = ((-0.5675, 0.7192, 0.4009), (-0.5808, -0.0045, -0.8140), (-0.5836, -0.6948, 0.4203))
+SGD = {'learning_rate': 0.01, 'momentum': 0.9, 'weight_decay': 5e-4}   # the paper's, both steps
 
 
 def augmentation(image_size: int) -> augment.Augmentation:
-  """The trainer's default augmentation (configs/alexnet.py) for `image_size` patches."""
-  return augment.Augmentation(image_size=image_size, mean=np.asarray(MEAN_RGB, np.float32),
-                              std=np.asarray(STD_RGB, np.float32), pca_std=0.1,
-                              pca_eigval=np.asarray(PCA_EIGVAL, np.float32),
-                              pca_eigvec=np.asarray(PCA_EIGVEC, np.float32))
+  """The trainer's default augmentation for `owt` (configs/alexnet.py) for `image_size` patches."""
+  as_array = lambda values: np.asarray(values, np.float32)
+  return augment.Augmentation(image_size=image_size, mean=as_array(imagenet_color.MEAN_RGB),
+                              std=as_array(imagenet_color.STD_RGB),
+                              pca_std=imagenet_color.PCA_LIGHTING_STD,
+                              pca_eigval=as_array(imagenet_color.PCA_EIGVAL),
+                              pca_eigvec=as_array(imagenet_color.PCA_EIGVEC))
 
 
 def _peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
@@ -119,7 +121,7 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   devices = jax.local_devices()
   mesh = parallel.make_mesh(devices, model_axis_size)
   model = models.AlexNet(num_classes=num_classes, variant=variant, dtype=jnp.dtype(dtype))
-  state = parallel.init_train_state(model, optim.paper_sgd(0.01, 0.9, 5e-4), image_size,
+  state = parallel.init_train_state(model, optim.paper_sgd(**SGD), image_size,
                                    seed=0, mesh=mesh)
   rng = np.random.default_rng(0)
   batch = parallel.shard_batch({
@@ -148,99 +150,91 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   }
 
 
-def _torch_alexnet(num_classes: int):
-  """torchvision's AlexNet (the `owt` variant), written out so torchvision is not needed."""
-  from torch import nn
-  return nn.Sequential(
-      nn.Conv2d(3, 64, 11, stride=4, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-      nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-      nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(inplace=True),
-      nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(inplace=True),
-      nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(3, 2),
-      nn.AdaptiveAvgPool2d((6, 6)), nn.Flatten(),
-      nn.Dropout(0.5), nn.Linear(256 * 6 * 6, 4096), nn.ReLU(inplace=True),
-      nn.Dropout(0.5), nn.Linear(4096, 4096), nn.ReLU(inplace=True),
-      nn.Linear(4096, num_classes))
-
-
-def bench_torch(dtype: str, global_batch: int, image_size: int, num_classes: int, steps: int,
-                warmup: int, repeats: int) -> dict | None:
-  """The same training step in PyTorch eager on this backend's device, or None."""
-  try:
-    import torch
-  except ImportError:
-    return None
-  on_gpu = jax.default_backend() == 'gpu'
-  if on_gpu and not torch.cuda.is_available():
-    return None
-  device = torch.device('cuda' if on_gpu else 'cpu')
-  # NHWC is cuDNN's fast layout for tensor-core convolutions (and XLA's choice on GPU).
-  memory_format = torch.channels_last if on_gpu else torch.contiguous_format
-  model = _torch_alexnet(num_classes).to(device, memory_format=memory_format)
-  opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-  images = torch.randint(0, 256, (global_batch, 3, image_size, image_size), dtype=torch.uint8,
-                         device=device).contiguous(memory_format=memory_format)
-  labels = torch.randint(0, num_classes, (global_batch,), device=device)
-  mean = torch.tensor(MEAN_RGB, device=device).view(1, 3, 1, 1)
-  std = torch.tensor(STD_RGB, device=device).view(1, 3, 1, 1)
-  autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16')
-
-  def step():
-    with autocast:
-      loss = torch.nn.functional.cross_entropy(model((images.float() - mean) / std), labels)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return loss
-
-  sync = torch.cuda.synchronize if on_gpu else (lambda: None)
-  for _ in range(warmup):
-    step()
-  sync()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    for _ in range(steps):
-      loss = step()
-    loss.item()
-    sync()
-    times.append((time.perf_counter() - start) / steps)
-  return {'images_per_s': global_batch / statistics.median(times), 'threads': torch.get_num_threads()}
-
-
 HEADER = ('model', 'mesh (batch x model)', 'dtype', 'batch', 'images/s', 'step ms', 'compile s',
-          'memory GiB per device', 'TFLOP/s', 'MFU', 'torch images/s', 'jax/torch')
+          'memory GiB per device', 'TFLOP/s', 'MFU', 'torch eager images/s',
+          'torch.compile images/s', 'jax/torch eager', 'jax/torch.compile')
 
 
-def configuration_row(args, variant: str, dtype: str, batch: int, model_axis_size: int
-                      ) -> list[str]:
-  """One table row: the JAX step, and for `owt` on data parallelism the PyTorch step beside it."""
+def configuration_row(args, variant: str, dtype: str, batch: int, model_axis_size: int) -> dict:
+  """The JAX step's cells of one table row, and its images/s."""
   r = bench_jax(variant, dtype, batch, args.image_size, args.num_classes, args.steps,
                 args.warmup, args.repeats, args.peak_tflops, model_axis_size,
                 args.stored_size)
-  t = (bench_torch(dtype, batch, args.image_size, args.num_classes, args.steps, args.warmup,
-                   args.repeats)
-       if variant == 'owt' and model_axis_size == 1 and not args.no_torch else None)
   mesh = f'{jax.local_device_count() // model_axis_size} x {model_axis_size}'
-  return [variant, mesh, dtype, str(batch), f'{r["images_per_s"]:.1f}', f'{r["step_ms"]:.1f}',
-          f'{r["compile_s"]:.1f}', r['memory'], f'{r["tflops"]:.2f}', r['mfu'],
-          f'{t["images_per_s"]:.1f}' if t else '-',
-          f'{r["images_per_s"] / t["images_per_s"]:.2f}' if t else '-']
+  cells = [variant, mesh, dtype, str(batch), f'{r["images_per_s"]:.1f}', f'{r["step_ms"]:.1f}',
+           f'{r["compile_s"]:.1f}', r['memory'], f'{r["tflops"]:.2f}', r['mfu']]
+  return {'cells': cells, 'images_per_s': r['images_per_s']}
 
 
-def _row_in_child_process(args, variant: str, dtype: str, batch: int, model_axis_size: int
-                          ) -> list[str]:
-  """The row computed by a fresh process, so the device's peak memory is this step's alone."""
+def peer_modes(args) -> tuple[str, ...]:
+  return {'auto': torch_peer.MODES, 'off': ()}.get(args.torch, (args.torch,))
+
+
+def peer_device(args) -> tuple[str | None, str]:
+  """The device PyTorch's peer runs on ('cuda' or 'cpu'; None: not timed), and a line that
+  says so. Asks JAX which devices it has, and never imports torch."""
+  if args.torch == 'off':
+    return None, 'PyTorch peer: off (--torch=off)'
+  missing = torch_peer.unavailable()
+  if missing and args.torch != 'auto':
+    raise SystemExit(f'--torch={args.torch} times PyTorch, but {missing}: install torch and '
+                     'torchvision, or pass --torch=auto or --torch=off.')
+  if missing:
+    return None, f'PyTorch peer: not timed, {missing} (pip install torch torchvision to time it)'
+  backend, count = jax.default_backend(), jax.local_device_count()
+  if backend == 'gpu' and count > 1:
+    return None, (f'PyTorch peer: not timed, it runs on one GPU and JAX here has {count} '
+                  '(CUDA_VISIBLE_DEVICES=0 compares one with one)')
+  if backend not in ('gpu', 'cpu'):
+    return None, f'PyTorch peer: not timed, it runs on a CUDA GPU or the CPU, and JAX is on {backend}'
+  device = 'cuda' if backend == 'gpu' else 'cpu'
+  return device, (f'PyTorch peer: {torch_peer.versions()} on {device}, '
+                  f'{" and ".join(peer_modes(args))}, beside each owt row on data parallelism')
+
+
+def peer_rates(args, device: str, dtype: str, batch: int) -> dict[str, float]:
+  """images/s of PyTorch's peer in each of the modes asked for."""
+  return {mode: torch_peer.images_per_s(
+              mode, device, dtype, batch, args.image_size, args.num_classes,
+              imagenet_color.MEAN_RGB, imagenet_color.STD_RGB, SGD, args.steps, args.warmup,
+              args.repeats)
+          for mode in peer_modes(args)}
+
+
+def peer_cells(jax_images_per_s: float, rates: dict[str, float]) -> list[str]:
+  """The peer's columns: images/s in each mode, then JAX's images/s over each ('-': not timed)."""
+  return ([f'{rates[mode]:.1f}' if mode in rates else '-' for mode in torch_peer.MODES] +
+          [f'{jax_images_per_s / rates[mode]:.2f}' if mode in rates else '-'
+           for mode in torch_peer.MODES])
+
+
+def _in_child_process(args, env: dict, dtype: str, batch: int, *configuration: str):
+  """What a fresh process with environment `env` prints last, as JSON: one configuration's
+  row or peer. A process of its own, so the device's peak memory is that step's alone, and
+  PyTorch and JAX never share a process."""
   listed = ('models', 'dtypes', 'batch_sizes', 'model_axis_sizes')
   flags = [f'--{name}' if value is True else f'--{name}={value}'
            for name, value in vars(args).items()
            # `is`, not `==`: a flag of 0 (--warmup=0) equals False and is passed on too.
            if value is not None and value is not False and name not in listed]
-  command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', f'--models={variant}',
-             f'--dtypes={dtype}', f'--batch_sizes={batch}',
-             f'--model_axis_sizes={model_axis_size}', *flags, '--row_json']
-  output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True).stdout
+  command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', f'--dtypes={dtype}',
+             f'--batch_sizes={batch}', *flags, *configuration]
+  output = subprocess.run(command, check=True, stdout=subprocess.PIPE, text=True,
+                          env=env).stdout
   return json.loads(output.strip().splitlines()[-1])
+
+
+def _peer_in_child_process(args, env: dict, device: str, dtype: str, batch: int
+                           ) -> dict[str, float]:
+  """The peer's rates; none (its columns '-') where its process fails, whose error is then
+  printed above, so that the JAX rows still come out."""
+  try:
+    return _in_child_process(args, env, dtype, batch, '--models=owt',
+                             f'--peer_json={device}')
+  except subprocess.CalledProcessError as error:
+    print(f'PyTorch peer failed at {dtype}, batch {batch} (exit {error.returncode}, its error '
+          'is above): its columns are "-"', flush=True)
+    return {}
 
 
 def main(args):
@@ -250,12 +244,27 @@ def main(args):
   if args.row_json:
     print(json.dumps(configuration_row(args, *configurations[0])))
     return
+  if args.peer_json:
+    _, dtype, batch, _ = configurations[0]
+    print(json.dumps(peer_rates(args, args.peer_json, dtype, batch)))
+    return
+  env = dict(os.environ)   # the configurations' processes', as given
+  if not args.one_process:
+    # This process only asks JAX which devices there are: on a GPU it would otherwise hold
+    # 75% of the memory that the configurations' processes, JAX's and PyTorch's, need.
+    os.environ['XLA_PYTHON_CLIENT_PREALLOCATE'] = 'false'
   print(f'jax {jax.__version__}, backend {jax.default_backend()}, '
         f'{jax.local_device_count()} x {jax.local_devices()[0].device_kind}', flush=True)
+  device, peer_line = peer_device(args)
+  print(peer_line, flush=True)
   rows = []
-  for configuration in configurations:
-    rows.append(configuration_row(args, *configuration) if args.one_process
-                else _row_in_child_process(args, *configuration))
+  for variant, dtype, batch, split in configurations:
+    r = (configuration_row(args, variant, dtype, batch, split) if args.one_process
+         else _in_child_process(args, env, dtype, batch, f'--models={variant}',
+                                f'--model_axis_sizes={split}', '--row_json'))
+    rates = (_peer_in_child_process(args, env, device, dtype, batch)
+             if device and variant == 'owt' and split == 1 else {})
+    rows.append(r['cells'] + peer_cells(r['images_per_s'], rates))
     print(' | '.join(rows[-1]), flush=True)
   print()
   print('| ' + ' | '.join(HEADER) + ' |')
@@ -281,11 +290,15 @@ def _parse_args():
   parser.add_argument('--warmup', type=int, default=2)
   parser.add_argument('--peak_tflops', type=float, default=None,
                       help='peak TFLOP/s of one device, for MFU where the device is not known')
-  parser.add_argument('--no_torch', action='store_true', help='skip the PyTorch reference')
+  parser.add_argument('--torch', default='auto', choices=('auto', 'off', *torch_peer.MODES),
+                      help='PyTorch\'s peer beside the owt rows: auto (eager and torch.compile '
+                           'where torch and torchvision are installed), off, or one mode')
   parser.add_argument('--one_process', action='store_true',
-                      help='run every configuration in this process (the memory column is then '
-                           'the peak so far, not each configuration\'s own)')
+                      help='run every JAX configuration in this process (the memory column is '
+                           'then the peak so far, not each configuration\'s own); PyTorch\'s '
+                           'peer still runs in processes of its own')
   parser.add_argument('--row_json', action='store_true', help=argparse.SUPPRESS)
+  parser.add_argument('--peer_json', default=None, help=argparse.SUPPRESS)   # its device
   return parser.parse_args()
 
 
