@@ -59,8 +59,8 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # "Decoding on the GPU").
   config.decode = 'host'
   # With GPU decoding: the share of each device's rows the host decodes anyway, and the share
-  # of the GPU's rows its hardware JPEG decoders take (the rest go to nvJPEG's CUDA decoder,
-  # which decodes Huffman codes on the host's cores).
+  # of the GPU's rows its hardware JPEG engines take (the rest, and any they refuse, go to
+  # nvJPEG's hybrid decoder, which decodes Huffman codes on the host's cores).
   config.decode_host_share = 0.5
   config.decode_hardware_share = 1.0
   config.mean_rgb = imagenet_color.MEAN_RGB  # ImageNet's mean pixel, subtracted on the device
