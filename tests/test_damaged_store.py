@@ -170,6 +170,19 @@ def test_skipping_replaces_a_damaged_record_by_another_of_its_global_batch(prist
   for key in one:   # two hosts make the same replacement
     np.testing.assert_array_equal(np.concatenate([h[key] for h in hosts]), one[key])
 
+  # The image that took its place damaged too: both rows take images of rows still readable.
+  source = dataset_source(pristine)
+  index_of = {_fingerprint(source[i]['image']): i for i in range(len(source))}
+  shard, record = divmod(index_of[rows[twin]], PER_SHARD)
+  _invert_record(store, f'train-{shard:05d}-of-00006.array_record', record)
+  twice = next(data.create(config, 8).train_batches(step - 1))
+  readable = [r for r in range(8) if r not in (damaged_row, twin)]
+  for row in readable:
+    np.testing.assert_array_equal(twice['image'][row], clean['image'][row])
+  clean_rows = [_fingerprint(clean['image'][r]) for r in readable]
+  for row in (damaged_row, twin):
+    assert _fingerprint(twice['image'][row]) in clean_rows
+
 
 def _training_stops_then_a_skip_resumes_exactly(pristine, tmp_path, caplog, workers):
   store = _copy(pristine, tmp_path)
