@@ -21,6 +21,7 @@ from array_record.python import array_record_module
 from alexnet_jax import data, errors, summaries, train
 from alexnet_jax.commands import prepare
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.data.host_batch import DecodeSplit
 from tests.conftest import (NUM_DEVICES, assert_same_tree, run_config, saved_state,
                             write_image_folder)
 
@@ -78,7 +79,7 @@ def _steps_reading(pristine, split_index: int, end: int) -> list[int]:
   stream = data.create(_config(pristine, 1), 8).train_batches(0)
   try:
     return [step for step in range(1, end + 1)
-            if wanted in {_fingerprint(image) for image in next(stream)['image']}]
+            if wanted in {_fingerprint(image) for image in next(stream).image}]
   finally:
     stream.close()
 
@@ -149,39 +150,47 @@ def test_a_damaged_record_names_its_shard_and_place_and_crosses_processes_whole(
 def test_skipping_replaces_a_damaged_record_by_another_of_its_global_batch(pristine, tmp_path):
   store = _copy(pristine, tmp_path)
   _invert_record(store, TRAIN_SHARD, TRAIN_RECORD)
-  step = _steps_reading(pristine, 2 * PER_SHARD + TRAIN_RECORD, 6)[0]
+  split_index = 2 * PER_SHARD + TRAIN_RECORD
+  step = _steps_reading(pristine, split_index, 6)[0]
   clean = next(data.create(_config(pristine, 1), 8).train_batches(step - 1))
   config = _config(store, 1, skip_damaged_records=True)
   skipped = []
-  one = next(data.create(config, 8).train_batches(step - 1, on_skip=lambda b, n: skipped.append(
-      (b, n))))
+  one = next(data.create(config, 8).train_batches(
+      step - 1, on_skip=lambda b, n: skipped.append((b, n))))
   hosts = [next(data.create(config, 8, process_index=h, process_count=2).train_batches(step - 1))
            for h in (0, 1)]
   assert skipped == [(step - 1, 1)]
-  rows = [_fingerprint(image) for image in one['image']]
-  wanted = _fingerprint(dataset_source(pristine)[2 * PER_SHARD + TRAIN_RECORD]['image'])
-  damaged_row = [_fingerprint(image) for image in clean['image']].index(wanted)
+  rows = [_fingerprint(image) for image in one.image]
+  damaged_row = list(clean.index).index(split_index)
   for row in range(8):   # every other row as stored; the damaged one another row's image
     if row != damaged_row:
-      np.testing.assert_array_equal(one['image'][row], clean['image'][row])
-  assert rows[damaged_row] != wanted and rows.count(rows[damaged_row]) == 2
+      np.testing.assert_array_equal(one.image[row], clean.image[row])
+  assert rows[damaged_row] != _fingerprint(clean.image[damaged_row])
   twin = [r for r in range(8) if r != damaged_row and rows[r] == rows[damaged_row]][0]
-  assert one['label'][damaged_row] == one['label'][twin]
-  for key in one:   # two hosts make the same replacement
-    np.testing.assert_array_equal(np.concatenate([h[key] for h in hosts]), one[key])
+  assert one.label[damaged_row] == one.label[twin]
+  assert one.index[damaged_row] == one.index[twin] == clean.index[twin]
+  for key, value in one.arrays().items():   # two hosts make the same replacement
+    np.testing.assert_array_equal(np.concatenate([h.arrays()[key] for h in hosts]), value)
+
+  # Rows a device decodes carry the JPEG of the same replacement.
+  on_devices = next(data.create(config, 8).train_batches(
+      step - 1, split=DecodeSplit.of(per_device=4, host_share=0.0)))
+  assert bytes(on_devices.jpeg_of(damaged_row)) == bytes(on_devices.jpeg_of(twin))
+  with pytest.raises(errors.DamagedRecordError, match=f'record {split_index} of the split'):
+    next(data.create(_config(store, 1), 8).train_batches(
+        step - 1, split=DecodeSplit.of(per_device=4, host_share=0.0)))
 
   # The image that took its place damaged too: both rows take images of rows still readable.
-  source = dataset_source(pristine)
-  index_of = {_fingerprint(source[i]['image']): i for i in range(len(source))}
-  shard, record = divmod(index_of[rows[twin]], PER_SHARD)
+  shard, record = divmod(int(clean.index[twin]), PER_SHARD)
   _invert_record(store, f'train-{shard:05d}-of-00006.array_record', record)
   twice = next(data.create(config, 8).train_batches(step - 1))
   readable = [r for r in range(8) if r not in (damaged_row, twin)]
   for row in readable:
-    np.testing.assert_array_equal(twice['image'][row], clean['image'][row])
-  clean_rows = [_fingerprint(clean['image'][r]) for r in readable]
+    np.testing.assert_array_equal(twice.image[row], clean.image[row])
   for row in (damaged_row, twin):
-    assert _fingerprint(twice['image'][row]) in clean_rows
+    assert twice.index[row] in clean.index[readable]
+    np.testing.assert_array_equal(
+        twice.image[row], clean.image[list(clean.index).index(twice.index[row])])
 
 
 def _training_stops_then_a_skip_resumes_exactly(pristine, tmp_path, caplog, workers):
