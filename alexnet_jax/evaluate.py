@@ -12,9 +12,12 @@ def evaluate(eval_step, params_list, data, put, should_stop=None) -> dict | None
   the step takes it (`data.to_devices.ToDevices`), decoding where it says.
 
   `should_stop()`, asked after each batch, can end the pass early (a preemption): then None.
+  A damaged record raises DamagedRecordError, or, with skip_damaged_records, counts nowhere
+  but in 'skipped_records'.
   """
-  totals = None
-  batches = data.eval_batches(put=put, split=put.decode_split)
+  totals, skipped = None, []
+  batches = data.eval_batches(put=put, split=put.decode_split,
+                              on_skip=lambda _, count: skipped.append(count))
   try:
     for batch in batches:
       counts = eval_step(list(params_list), batch)
@@ -32,4 +35,5 @@ def evaluate(eval_step, params_list, data, put, should_stop=None) -> dict | None
       'top1_error': 1.0 - totals['top1_correct'] / count,
       'top5_error': 1.0 - totals['top5_correct'] / count,
       'examples': count,
+      'skipped_records': sum(skipped),
   }

@@ -1,7 +1,9 @@
 """train_and_evaluate: the training loop, its evaluations, checkpoints and summaries."""
 
+import collections
 import logging
 import math
+import queue
 import time
 
 import jax
@@ -96,9 +98,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
   eval_step = parallel.make_eval_step(model, aug, mesh, config.eval_ten_crop)
   profile = _Profile(workdir, start_step + config.profile_first_step, config.profile_steps)
   put = to_devices.for_config(config, mesh, batch_spec, dataset.jpeg_store)
-  batches = dataset.train_batches(start_step, put=put, split=put.decode_split)
   metrics_log = _MetricsLog(writer, steps_per_epoch,
                             progress.Progress(start_step, num_steps, config.global_batch_size))
+  batches = dataset.train_batches(start_step, put=put, split=put.decode_split,
+                                  on_skip=metrics_log.skipped)
   preemption = preemption_lib.PreemptionWatch()
   save_clock = _SaveClock(config.checkpoint_every_minutes)
   eval_metrics = {}
@@ -133,11 +136,34 @@ def train_and_evaluate(config, workdir: str) -> dict:
                              'best_step': best_step, 'pending_eval': pending})
     save_clock.saved()
 
+  def stop_for_damage(error: errors.DamagedRecordError, step: int,
+                      evaluating: bool) -> errors.DamagedRecordError:
+    """`error` as the run's end, with the state of `step` saved first, as a stop saves it (a
+    resumed run evaluates it first if its evaluation read the record)."""
+    reader = ('whose evaluation reads it' if evaluating else
+              f'before step {step + 1}, which reads it')
+    if jax.process_count() == 1:
+      save(pending=evaluating)
+      checkpoints.wait()
+      saved = f'checkpoint {checkpoints.path(step)} saved'
+    else:   # the other hosts read on, and would wait for this one's part of a save forever
+      newest = checkpoints.latest_step()
+      saved = ('nothing saved, as this host alone reads it: the newest checkpoint is ' +
+               (checkpoints.path(newest) if newest is not None else 'none'))
+    return errors.DamagedRecordError(
+        error.store, error.split, error.shard, error.shard_index, error.split_index, error.cause,
+        f'Stopped at step {step}, {reader}; {saved}. {error.remedy}\nThen run the same '
+        'command to resume.')
+
   try:
     if pending_eval:
       logging.info('The run stopped during the evaluation of step %d: evaluating it first.',
                    start_step)
-      if not run_evaluation(start_step):
+      try:
+        evaluated = run_evaluation(start_step)
+      except errors.DamagedRecordError as e:
+        raise stop_for_damage(e, start_step, evaluating=True) from None
+      if not evaluated:
         logging.warning('Stopped again during the evaluation of step %d; checkpoint %s still '
                         'holds it. Run the same command to resume.', start_step,
                         checkpoints.path(start_step))
@@ -155,6 +181,9 @@ def train_and_evaluate(config, workdir: str) -> dict:
         logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
                         'resume.', step - 1, checkpoints.path(step - 1))
         break
+      except errors.DamagedRecordError as e:
+        metrics_log.flush(plateau.learning_rate, checkpoints, report=False)
+        raise stop_for_damage(e, step - 1, evaluating=False) from None
       with jax.profiler.StepTraceAnnotation('train', step_num=step):
         state, metrics = train_step(state, batch)
       del batch
@@ -169,7 +198,10 @@ def train_and_evaluate(config, workdir: str) -> dict:
         metrics_log.flush(plateau.learning_rate, checkpoints, report=log_now or last)
       # A preemption before or during the evaluation saves first; the resumed run
       # evaluates this step before it trains on.
-      evaluated = evaluate_now and not stop and run_evaluation(step)
+      try:
+        evaluated = evaluate_now and not stop and run_evaluation(step)
+      except errors.DamagedRecordError as e:
+        raise stop_for_damage(e, step, evaluating=True) from None
       stop = stop or (evaluate_now and not evaluated)
       if save_now:
         save(pending=evaluate_now and not evaluated)
@@ -234,6 +266,11 @@ class _MetricsLog:
   def __init__(self, writer, steps_per_epoch: int, progress_: progress.Progress):
     self._writer, self._steps_per_epoch, self._progress = writer, steps_per_epoch, progress_
     self._pending = []
+    # Damaged records skipped, by step: told by the loader's thread, ahead of the steps.
+    self._skips, self._skips_told = collections.Counter(), queue.SimpleQueue()
+
+  def skipped(self, batch_number: int, count: int) -> None:
+    self._skips_told.put((batch_number + 1, count))   # batch b is step b + 1's
 
   def add(self, step: int, metrics: dict) -> None:
     self._pending.append((step, metrics))
@@ -261,6 +298,10 @@ class _MetricsLog:
       return
     step = steps[-1]
     summary = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
+    while not self._skips_told.empty():
+      told_step, count = self._skips_told.get()
+      self._skips[told_step] += count
+    summary['skipped_records'] = sum(self._skips.pop(s, 0) for s in steps)
     summary.update(self._progress.report(step))
     summary['learning_rate'] = learning_rate
     summary['epoch'] = step / self._steps_per_epoch

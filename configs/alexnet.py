@@ -63,6 +63,12 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # nvJPEG's hybrid decoder, which decodes Huffman codes on the host's cores).
   config.decode_host_share = 0.5
   config.decode_hardware_share = 1.0
+  # A record of the store that cannot be read or decoded stops the run (its step saved) with
+  # its shard named. True goes on past such records instead: training reads another image of
+  # the batch in place of each, evaluation leaves each out, every one logged and counted
+  # (train/skipped_records, eval/skipped_records). Off by default, as a silent skip would
+  # change the data the run trains and is measured on.
+  config.skip_damaged_records = False
   config.mean_rgb = imagenet_color.MEAN_RGB  # ImageNet's mean pixel, subtracted on the device
   # 'pixel': subtract mean_rgb. 'image': the training set's mean image, as the paper did
   # (needs color_stats='computed').

@@ -87,7 +87,8 @@ def create(config, global_batch_size: int, process_index: int = 0, process_count
                        for spec in (train_spec, eval_spec))
   return loader.make_data(train, evaluation, name=config.dataset, num_classes=classes,
                           image_size=size, global_batch=global_batch_size, seed=config.seed,
-                          reading=reading, class_names=class_names)
+                          reading=reading, class_names=class_names,
+                          skip_damaged=config.get('skip_damaged_records', False))
 
 
 def open_prepared(dataset: str, data_dir: str | None, size: int) -> store.Store:

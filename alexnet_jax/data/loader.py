@@ -32,6 +32,7 @@ import abc
 import contextlib
 import dataclasses
 import functools
+import logging
 import math
 import os
 import signal
@@ -45,7 +46,7 @@ from absl import flags
 
 from alexnet_jax.data import shared_batches
 from alexnet_jax.data.host_batch import JPEG_BYTES_PER_PIXEL, DecodeSplit, HostBatch
-from alexnet_jax.errors import DataError
+from alexnet_jax.errors import DamagedRecordError, DataError
 
 # Batches on the devices ahead of the step (with `put`).
 DEVICE_PREFETCH = 2
@@ -99,14 +100,16 @@ class Data:
   eval_examples: int        # the whole validation split, all hosts together
   steps_per_epoch: int
   eval_steps: int           # batches per evaluation pass, the same on every host
-  # train_batches(start_step, put=None, split=None): this host's batches (HostBatch) of
-  # steps start_step + 1, start_step + 2, ... A function of the seed and the step alone: a
-  # resumed run reads what the interrupted one would have read. With `put`, put(batch) of
-  # each, made ahead on a background thread. With `split` (a DecodeSplit), the rows it gives
-  # the devices carry their JPEG bytes instead of pixels.
+  # train_batches(start_step, put=None, split=None, on_skip=None): this host's batches
+  # (HostBatch) of steps start_step + 1, start_step + 2, ... A function of the seed and the
+  # step alone: a resumed run reads what the interrupted one would have read. With `put`,
+  # put(batch) of each, made ahead on a background thread. With `split` (a DecodeSplit), the
+  # rows it gives the devices carry their JPEG bytes instead of pixels. A damaged record
+  # raises DamagedRecordError, or with skip_damaged is skipped, logged, and counted by
+  # on_skip(batch number, count): batch b is step b + 1's.
   train_batches: Callable[..., Iterator]
-  # eval_batches(put=None, split=None): one pass over this host's share of the validation
-  # split.
+  # eval_batches(put=None, split=None, on_skip=None): one pass over this host's share of the
+  # validation split.
   eval_batches: Callable[..., Iterator]
   class_names: tuple[str, ...] = ()
   jpeg_store: bool = False  # both splits' images are stored JPEGs a device can decode
@@ -143,10 +146,10 @@ class _HostBatches:
 
   def __init__(self, split: Split, *, image_size: int, global_batch: int, host_batch: int,
                host_index: int, steps_per_epoch: int, seed: int | None = None,
-               decode_split: DecodeSplit | None = None):
+               decode_split: DecodeSplit | None = None, skip_damaged: bool = False):
     self.split, self.image_size, self.seed = split, image_size, seed   # seed None: eval
     self.global_batch, self.host_batch, self.host_index = global_batch, host_batch, host_index
-    self.steps_per_epoch = steps_per_epoch
+    self.steps_per_epoch, self.skip_damaged = steps_per_epoch, skip_damaged
     # The rows whose JPEG bytes go to the devices; None: the host decodes every row.
     self.on_device = None
     if decode_split is not None and decode_split.host_rows < decode_split.per_device:
@@ -200,33 +203,73 @@ class _HostBatches:
     ring = shared_batches.worker_ring()   # in a decoding process
     slot, batch = (ring or self.local).claim()
     images, labels = batch['image'], batch['label']
-    batch['index'][:] = np.where(real, indices, -1)
-    jpeg, offsets = batch.get('jpeg'), batch.get('jpeg_offsets')
-    end = 0
+    offsets = batch.get('jpeg_offsets')
+    end, skipped = 0, []
     for row, (index, is_example) in enumerate(zip(indices.tolist(), real.tolist())):
       if offsets is not None:
         offsets[row] = end
-      stored = (self.split.source.jpeg(index)
-                if is_example and offsets is not None and self.on_device[row] else None)
-      if stored is not None and len(stored[1]) <= len(jpeg) - end:
-        labels[row] = stored[0]
-        jpeg[end:end + len(stored[1])] = np.frombuffer(stored[1], np.uint8)
-        end += len(stored[1])
-      elif is_example:
-        labels[row] = self.split.source.read_into(index, images[row])
-      else:
+      read = self._read(b, row, index, batch, end, skipped) if is_example else None
+      if read is None:   # padding, or a damaged record evaluation leaves out
         images[row] = 0
-        labels[row] = 0
+        labels[row] = real[row] = 0
+      else:
+        labels[row], end, indices[row] = read
     if offsets is not None:
       offsets[-1] = end
+    batch['index'][:] = np.where(real, indices, -1)
     if 'mask' in batch:
       batch['mask'][:] = real
-    return {'ring': ring.index if ring else 0, 'slot': slot}
+    handle = {'ring': ring.index if ring else 0, 'slot': slot}
+    if skipped:
+      handle['skipped'] = (b, skipped)
+    return handle
+
+  def _put_row(self, row: int, index: int, batch: dict, end: int) -> tuple[int, int]:
+    """Example `index` into row `row` of `batch`: its JPEG's bytes at `end` of batch['jpeg']
+    if a device decodes the row and they fit, else its pixels. (Its label, the new end.)"""
+    jpeg = batch.get('jpeg')
+    stored = self.split.source.jpeg(index) if jpeg is not None and self.on_device[row] else None
+    if stored is not None and len(stored[1]) <= len(jpeg) - end:
+      jpeg[end:end + len(stored[1])] = np.frombuffer(stored[1], np.uint8)
+      return stored[0], end + len(stored[1])
+    return self.split.source.read_into(index, batch['image'][row]), end
+
+  def _read(self, b: int, row: int, index: int, batch: dict, end: int,
+            skipped: list) -> tuple[int, int, int] | None:
+    """Example `index` into row `row` of batch `b` (`_put_row`): (its label, the new end, the
+    example read). A damaged record (DamagedRecordError) stops the reading, or with
+    `skip_damaged` is noted in `skipped` and left out: in evaluation the row is masked
+    (None), in training another example of the global batch takes its place, chosen from
+    (seed, b, row) alone, so that a resumed run reads what an uninterrupted one reads."""
+    try:
+      return (*self._put_row(row, index, batch, end), index)
+    except DamagedRecordError as e:
+      if not self.skip_damaged:
+        raise
+      damaged = e
+    if self.seed is None:
+      skipped.append(f'{damaged.description} Evaluation batch {b} leaves it out.')
+      return None
+    epoch, step = divmod(b, self.steps_per_epoch)
+    start = step * self.global_batch
+    members = self.split.start + self._epoch_order(epoch)[start:start + self.global_batch]
+    own = self.host_index * self.host_batch + row
+    for other in np.random.default_rng([self.seed, b, own]).permutation(self.global_batch):
+      if other == own:
+        continue
+      try:
+        label, end = self._put_row(row, int(members[other]), batch, end)
+      except DamagedRecordError:
+        continue
+      skipped.append(f'{damaged.description} Step {b + 1} reads record {members[other]} of '
+                     'the split in its place.')
+      return label, end, int(members[other])
+    raise damaged   # every example of the batch is damaged
 
 
 def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, image_size: int,
-              global_batch: int, seed: int, reading: Reading,
-              class_names=()) -> Data:
+              global_batch: int, seed: int, reading: Reading, class_names=(),
+              skip_damaged: bool = False) -> Data:
   if global_batch % reading.process_count:
     raise DataError(f'The global batch of {global_batch} does not split between '
                     f'{reading.process_count} hosts.')
@@ -243,15 +286,16 @@ def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, i
     raise DataError(f'The validation split of {name} has no examples.')
   eval_steps = math.ceil(evaluation.examples / global_batch)
   common = dict(image_size=image_size, global_batch=global_batch, host_batch=host_batch,
-                host_index=reading.process_index, steps_per_epoch=steps_per_epoch)
+                host_index=reading.process_index, steps_per_epoch=steps_per_epoch,
+                skip_damaged=skip_damaged)
 
-  def train_batches(start_step: int, put=None, split=None) -> Iterator[HostBatch]:
+  def train_batches(start_step: int, put=None, split=None, on_skip=None) -> Iterator[HostBatch]:
     batches = _HostBatches(train, seed=seed, decode_split=split, **common)
-    return _iterate(batches, grain.MapDataset.range(start_step, 2**62), reading, put)
+    return _iterate(batches, grain.MapDataset.range(start_step, 2**62), reading, put, on_skip)
 
-  def eval_batches(put=None, split=None) -> Iterator[HostBatch]:
+  def eval_batches(put=None, split=None, on_skip=None) -> Iterator[HostBatch]:
     batches = _HostBatches(evaluation, decode_split=split, **common)
-    return _iterate(batches, grain.MapDataset.range(eval_steps), reading, put)
+    return _iterate(batches, grain.MapDataset.range(eval_steps), reading, put, on_skip)
 
   return Data(num_classes=num_classes, image_size=image_size, train_examples=train.examples,
               eval_examples=evaluation.examples, steps_per_epoch=steps_per_epoch,
@@ -261,7 +305,7 @@ def make_data(train: Split, evaluation: Split, *, name: str, num_classes: int, i
 
 
 def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
-             put) -> Iterator:
+             put, on_skip=None) -> Iterator:
   dataset = numbers.map(batches).to_iter_dataset(
       grain.ReadOptions(num_threads=reading.threads, prefetch_buffer_size=reading.threads))
   # Never waiting on each other: while the trainer waits for batch b, its decoders hold b's
@@ -281,12 +325,23 @@ def _iterate(batches: _HostBatches, numbers: grain.MapDataset, reading: Reading,
     dataset = dataset.mp_prefetch(
         grain.MultiprocessingOptions(num_workers=reading.workers),
         worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in pools]))
-  dataset = dataset.map(
-      lambda handle: HostBatch.from_arrays(pools[handle['ring']].lend(handle['slot'])))
+  dataset = dataset.map(functools.partial(_lend, pools, on_skip))
   if put is not None:
     dataset = grain.experimental.ThreadPrefetchIterDataset(
         dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH)
   return _closing(iter(dataset), pools, hold_signals=reading.workers > 0)
+
+
+def _lend(pools, on_skip, handle: dict) -> HostBatch:
+  """The batch `handle` names; the damaged records it skipped logged here, in the trainer's
+  process, and counted by on_skip(batch number, count)."""
+  if 'skipped' in handle:
+    b, skipped = handle['skipped']
+    for line in skipped:
+      logging.warning('Skipped (--config.skip_damaged_records): %s', line)
+    if on_skip is not None:
+      on_skip(b, len(skipped))
+  return HostBatch.from_arrays(pools[handle['ring']].lend(handle['slot']))
 
 
 def _closing(iterator, pools, hold_signals: bool) -> Iterator:
