@@ -77,6 +77,9 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.plateau = ml_collections.ConfigDict(
       dict(patience=4, min_delta=0.0, factor=0.1, max_drops=3))
+  # 'plateau': the rule above. 'cosine': a half cosine from learning_rate down to 0 over the
+  # run, a function of the step alone (plateau unused).
+  config.lr_schedule = 'plateau'
   config.num_epochs = 90.0
   config.num_train_steps = -1      # positive: overrides num_epochs
 

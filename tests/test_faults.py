@@ -285,7 +285,7 @@ def test_unwritable_workdir_is_refused(tmp_path):
 
 @pytest.mark.parametrize('field, value', [
     ('model', 'vgg'), ('global_batch_size', 3), ('image_size', 0), ('width', -1.0),
-    ('model_axis_size', 3)])
+    ('model_axis_size', 3), ('lr_schedule', 'step')])
 def test_bad_fields_are_named(tmp_path, field, value):
   config = _config(2)
   config[field] = value
