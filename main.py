@@ -5,13 +5,11 @@ import os
 import sys
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
-from alexnet_jax import errors
+from alexnet_jax import command_line, errors
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/alexnet.py:demo.',
-                                lock_config=True)
+command_line.define_config_flag('Config file, e.g. configs/alexnet.py:demo.')
 flags.DEFINE_string('workdir', None, 'Checkpoints and TensorBoard summaries go here; a run '
                     'started again on the same workdir resumes.')
 flags.DEFINE_string('coordinator_address', None, 'host:port of process 0, to join a multi-host '
@@ -64,4 +62,4 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  app.run(main)
+  command_line.run(main)

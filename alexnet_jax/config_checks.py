@@ -7,7 +7,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax import checkpointing, models
+from alexnet_jax import checkpointing, models, optim
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.errors import ConfigError
 
@@ -49,6 +49,8 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
   need(config.checkpoint_every_minutes >= 0,
        f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.')
   need(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
+  need(config.lr_schedule in optim.SCHEDULES,
+       f'lr_schedule={config.lr_schedule!r} is unknown: choose one of {optim.SCHEDULES}.')
   if config.image_size > 0:
     sizes = models.map_sizes(config.image_size)
     vanished = next((layer for layer, side in sizes if side < 1), None)

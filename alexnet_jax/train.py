@@ -32,9 +32,14 @@ def create_model(config, num_classes: int) -> models.AlexNet:
                         initialization=config.initialization)
 
 
-def create_train_state(config, model, mesh) -> train_state.TrainState:
-  """The initial state of the paper's optimiser, created directly on every device of the mesh."""
-  tx = optim.paper_sgd(config.learning_rate, config.momentum, config.weight_decay)
+def create_train_state(config, model, mesh, rate_schedule=None) -> train_state.TrainState:
+  """The initial state of the paper's optimiser, created directly on every device of the mesh.
+
+  `rate_schedule`: the run's `optim.schedule`, which sets the rate of each step; without it
+  the rate stays as set (the same structure: a state to restore a checkpoint into).
+  """
+  tx = optim.paper_sgd(config.learning_rate, config.momentum, config.weight_decay,
+                       rate_schedule)
   return parallel.init_train_state(model, tx, config.image_size, config.seed, mesh)
 
 
@@ -64,8 +69,13 @@ def train_and_evaluate(config, workdir: str) -> dict:
 
   model = create_model(config, dataset.num_classes)
   batch_spec = parallel.batch_spec(model, mesh)
-  state = create_train_state(config, model, mesh)
+  rate_schedule = optim.schedule(config.lr_schedule, config.learning_rate, num_steps)
+  state = create_train_state(config, model, mesh, rate_schedule)
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
+
+  def learning_rate(step: int) -> float:
+    """The rate step `step` (counted from 1) trained with."""
+    return plateau.learning_rate if rate_schedule is None else float(rate_schedule(step - 1))
   root = checkpointing.workdir_path(workdir)
   best_error = best_step = None   # the lowest validation top-1 error so far, and its step
   checkpoints = checkpointing.Checkpoints(
@@ -118,7 +128,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
       return False
     eval_metrics = metrics
     writer.write_scalars(step, {f'eval/{k}': v for k, v in metrics.items()})
-    if plateau.update(metrics['top1_error']):
+    if rate_schedule is None and plateau.update(metrics['top1_error']):
       logging.info('Validation top-1 error has not improved for %d evaluations: learning '
                    'rate divided by %g, now %g.', plateau.patience, 1 / plateau.factor,
                    plateau.learning_rate)
@@ -176,7 +186,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
           batch = next(batches)
       except preemption_lib.StopWhileWaiting:
         # The state is that of the step before: saved as it is, resumed with this batch.
-        metrics_log.flush(plateau.learning_rate, checkpoints, report=False)
+        metrics_log.flush(learning_rate(step - 1), checkpoints, report=False)
         save(pending=False)
         logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
                         'resume.', step - 1, checkpoints.path(step - 1))
@@ -195,7 +205,7 @@ def train_and_evaluate(config, workdir: str) -> dict:
                   (log_now and save_clock.due()))
       if log_now or save_now:
         # Before anything is saved, every step since the last check must have been finite.
-        metrics_log.flush(plateau.learning_rate, checkpoints, report=log_now or last)
+        metrics_log.flush(learning_rate(step), checkpoints, report=log_now or last)
       # A preemption before or during the evaluation saves first; the resumed run
       # evaluates this step before it trains on.
       try:

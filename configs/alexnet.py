@@ -93,6 +93,9 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.weight_decay = 5e-4
   config.plateau = ml_collections.ConfigDict(
       dict(patience=4, min_delta=0.0, factor=0.1, max_drops=3))
+  # 'plateau': the rule above. 'cosine': a half cosine from learning_rate down to 0 over the
+  # run, a function of the step alone (plateau unused).
+  config.lr_schedule = 'plateau'
   config.num_epochs = 90.0
   config.num_train_steps = -1      # positive: overrides num_epochs
 
@@ -124,9 +127,10 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   elif variant == 'owt':
     _one_weird_trick(config)
   elif variant == 'demo':
-    # A narrow single-tower net on generated images, in under a minute on 2 CPU cores. At
-    # lr 0.01 its validation error jumped up and down after step 600 (up to 33 points); at
-    # 0.005 for 1,600 steps it ends under 1% on every seed tried (README's table).
+    # A narrow single-tower net on generated images, in about a minute on 2 CPU cores. At a
+    # constant rate (0.01, or 0.005) its validation error, once it had fallen, jumped back up
+    # by 7 to 33 points between evaluations; with a rate that decays from 0.01 to 0 over the
+    # 1,600 steps it falls steadily and ends at 0.1% or less on seeds 0 to 9 (README's table).
     _one_weird_trick(config)
     config.dataset = 'synthetic'
     config.mean_rgb = (127.5, 127.5, 127.5)
@@ -134,7 +138,8 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
     config.image_size = 64
     config.resize_size = 64
     config.global_batch_size = 64
-    config.learning_rate = 0.005
+    config.learning_rate = 0.01
+    config.lr_schedule = 'cosine'
     config.num_train_steps = 1600
     config.dtype = 'float32'   # steadier than bfloat16 at this width (BENCHMARKS.md)
     config.eval_every_steps = 200

@@ -217,8 +217,9 @@ def test_the_learning_rate_drop_is_saved_and_kept_by_a_resumed_run(tmp_path, mon
                       lambda *a, **k: {**real_evaluate(*a, **k), 'top1_error': next(scripted)})
   workdir = str(tmp_path)
   config = lambda steps: _config(steps, eval_every_steps=2, learning_rate=0.01,  # noqa: E731
-                                 keep_checkpoints=10, plateau=dict(patience=1, min_delta=0.0,
-                                                                   factor=0.1, max_drops=3))
+                                 keep_checkpoints=10, lr_schedule='plateau',
+                                 plateau=dict(patience=1, min_delta=0.0, factor=0.1,
+                                              max_drops=3))
   train.train_and_evaluate(config(4), workdir)
   assert 'learning rate divided by 10, now 0.001' in caplog.text
   saved_lr = lambda step: float(saved_state(workdir, step)['opt_state'][  # noqa: E731
@@ -285,7 +286,7 @@ def test_unwritable_workdir_is_refused(tmp_path):
 
 @pytest.mark.parametrize('field, value', [
     ('model', 'vgg'), ('global_batch_size', 3), ('image_size', 0), ('width', -1.0),
-    ('model_axis_size', 3)])
+    ('model_axis_size', 3), ('lr_schedule', 'step')])
 def test_bad_fields_are_named(tmp_path, field, value):
   config = _config(2)
   config[field] = value

@@ -1,4 +1,7 @@
-"""The paper's update rule against a hand-written NumPy version, and the plateau schedule."""
+"""The paper's update rule against a hand-written NumPy version, and the learning-rate
+schedules."""
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +39,28 @@ def test_paper_sgd_matches_the_papers_formula_across_a_learning_rate_drop():
   velocity = state.inner_state[2].trace['w']
   np.testing.assert_allclose(np.asarray(velocity), v_ref, rtol=1e-5, atol=1e-7)
   assert optim.get_learning_rate(state) == np.float32(0.001)
+
+
+def test_cosine_sets_each_updates_rate_and_a_restored_state_continues_it():
+  rng = np.random.default_rng(1)
+  w0 = rng.normal(size=(4, 3))
+  grads = [rng.normal(size=(4, 3)) for _ in range(6)]
+  lrs = [0.5 * 0.01 * (1 + math.cos(math.pi * t / 6)) for t in range(6)]   # 0.01 down to 0
+
+  def tx():
+    return optim.paper_sgd(0.01, rate_schedule=optim.schedule('cosine', 0.01, 6))
+
+  params = {'w': jnp.asarray(w0, jnp.float32)}
+  state, update, rates = tx().init(params), jax.jit(tx().update), []
+  for i, g in enumerate(grads):
+    if i == 3:   # saved and restored into a new process: host arrays, a new optimiser
+      state, params, update = jax.device_get(state), jax.device_get(params), jax.jit(tx().update)
+    updates, state = update({'w': jnp.asarray(g, jnp.float32)}, state, params)
+    params = optax.apply_updates(params, updates)
+    rates.append(optim.get_learning_rate(state))   # the rate this update used
+  np.testing.assert_allclose(rates, lrs, rtol=1e-6)
+  w_ref, _ = _numpy_paper_sgd(w0, grads, lrs)
+  np.testing.assert_allclose(np.asarray(params['w']), w_ref, rtol=1e-5, atol=1e-6)
 
 
 def test_setting_the_learning_rate_does_not_recompile():

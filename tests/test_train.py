@@ -2,8 +2,11 @@
 
 import glob
 import logging
+import math
 import os
 import pathlib
+import re
+import shutil
 import subprocess
 import sys
 
@@ -55,6 +58,33 @@ def test_a_store_trains_evaluates_saves_and_resumes(store_config, tmp_path, capl
   # and dropout masks as the straight run: the parameters agree exactly.
   a, b = saved_state(straight, 7), saved_state(interrupted, 7)
   assert int(a['step']) == int(b['step']) == 7
+  assert_same_tree(a['params'], b['params'])
+  assert_same_tree(a['opt_state'], b['opt_state'])
+
+
+def test_a_cosine_schedule_sets_each_steps_rate_and_a_resumed_run_continues_it(tmp_path, caplog):
+  caplog.set_level(logging.INFO)
+  config = tiny_config()
+  config.lr_schedule, config.learning_rate = 'cosine', 0.01
+  config.num_train_steps, config.eval_every_steps, config.keep_checkpoints = 7, 2, 10
+  straight, resumed = tmp_path / 'straight', tmp_path / 'resumed'
+  train.train_and_evaluate(config, str(straight))
+
+  def rate(step):   # the rate step `step` (from 1) trains with: 0.01 at the first, then down
+    return 0.5 * 0.01 * (1 + math.cos(math.pi * (step - 1) / 7))
+
+  logged = {int(step): float(lr) for step, lr in re.findall(
+      r'\[(\d+)\] train/.*train/learning_rate=([\d.e-]+)', caplog.text)}
+  assert sorted(logged) == [2, 4, 6, 7]
+  for step in (2, 4, 6, 7):
+    assert logged[step] == pytest.approx(rate(step), rel=1e-5)
+    saved = saved_state(str(straight), step)['opt_state']['hyperparams']['learning_rate']
+    assert float(saved) == pytest.approx(rate(step), rel=1e-6)
+  # The run stopped after step 4 and started again: it continues the same schedule.
+  shutil.copytree(straight / 'checkpoints' / '4', resumed / 'checkpoints' / '4')
+  train.train_and_evaluate(config, str(resumed))
+  assert 'training from step 4 to 7' in caplog.text
+  a, b = saved_state(str(straight), 7), saved_state(str(resumed), 7)
   assert_same_tree(a['params'], b['params'])
   assert_same_tree(a['opt_state'], b['opt_state'])
 

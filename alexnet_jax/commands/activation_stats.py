@@ -15,10 +15,9 @@ Then the loss and the gradient norm of each step.
 import jax
 import numpy as np
 import optax
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from alexnet_jax import color_stats, data, parallel, train
+from alexnet_jax import color_stats, command_line, data, parallel, train
 from alexnet_jax.data import augment
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
@@ -70,8 +69,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
+  command_line.define_config_flag('The training config.')
   flags.DEFINE_integer('steps', 10, 'Training steps between the two looks.')
   flags.DEFINE_string('workdir', None, 'With --config.color_stats=computed: where they are.')
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  command_line.run(main)

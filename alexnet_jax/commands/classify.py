@@ -20,12 +20,11 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
-from alexnet_jax import (checkpointing, class_names, color_stats, errors, model_record, parallel,
-                         train)
+from alexnet_jax import (checkpointing, class_names, color_stats, command_line, errors,
+                         model_record, parallel, train)
 from alexnet_jax.data import augment, decode, image_folder
 
 
@@ -160,8 +159,8 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags only when run as a command, so that other modules and tests can import it.
-  config_flags.DEFINE_config_file('config', None, 'Only for a workdir without model.json: the '
-                                  'config it was trained with.', lock_config=True)
+  command_line.define_config_flag('Only for a workdir without model.json: the config it was '
+                                  'trained with.')
   flags.DEFINE_string('workdir', None, 'A trained workdir, or one written by '
                       'python -m alexnet_jax.commands.weights import.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best', or a step.")
@@ -170,4 +169,4 @@ if __name__ == '__main__':
                     'reflections), softmax averaged, instead of the centre patch.')
   flags.DEFINE_bool('json', False, 'One JSON document on stdout instead of text.')
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  command_line.run(main)

@@ -10,10 +10,9 @@ import json
 import sys
 
 import numpy as np
-from absl import app, flags
-from ml_collections import config_flags
+from absl import flags
 
-from alexnet_jax import color_stats, data, parallel
+from alexnet_jax import color_stats, command_line, data, parallel
 from alexnet_jax.errors import UserFacingError
 
 
@@ -66,8 +65,8 @@ def main(argv):
 
 
 if __name__ == '__main__':
-  config_flags.DEFINE_config_file('config', None, 'The training config.', lock_config=True)
+  command_line.define_config_flag('The training config.')
   flags.DEFINE_string('workdir', None, "The run's workdir, where they are stored.")
   flags.DEFINE_integer('images', 10_000, 'How many training images to use.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  command_line.run(main)

@@ -14,13 +14,12 @@ patches per image. Nothing in the workdirs is changed.
 import sys
 
 import jax
-from absl import app, flags, logging
-from ml_collections import config_flags
+from absl import flags, logging
 
 import numpy as np
 
-from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
-                         parallel, train)
+from alexnet_jax import (checkpointing, color_stats, command_line, config_checks, data, errors,
+                         evaluate, parallel, train)
 from alexnet_jax.data import to_devices
 
 
@@ -70,10 +69,9 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags only when run as a command, so that other modules and tests can import it.
-  config_flags.DEFINE_config_file('config', None, 'The config the workdirs were trained with.',
-                                  lock_config=True)
+  command_line.define_config_flag('The config the workdirs were trained with.')
   flags.DEFINE_list('workdirs', None, 'Trained workdirs, comma-separated.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best' (lowest validation error), "
                       'or a step.')
   flags.mark_flags_as_required(['config', 'workdirs'])
-  app.run(main)
+  command_line.run(main)

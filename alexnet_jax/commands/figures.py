@@ -19,11 +19,11 @@ import jax
 import jax.numpy as jnp
 import matplotlib
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
-from ml_collections import config_flags
 
-from alexnet_jax import checkpointing, color_stats, data, errors, parallel, summaries, train
+from alexnet_jax import (checkpointing, color_stats, command_line, data, errors, parallel,
+                         summaries, train)
 from alexnet_jax.data import augment
 
 matplotlib.use('Agg')   # files only, no display
@@ -180,12 +180,11 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags only when run as a command, so that other modules and tests can import it.
-  config_flags.DEFINE_config_file('config', None, 'The config the workdir was trained with.',
-                                  lock_config=True)
+  command_line.define_config_flag('The config the workdir was trained with.')
   flags.DEFINE_string('workdir', None, 'The trained workdir.')
   flags.DEFINE_string('checkpoint', 'latest', "'latest', 'best', or a step.")
   flags.DEFINE_string('out', None, 'Folder for the PNG files; default WORKDIR/figures.')
   flags.DEFINE_integer('images', 8, 'Validation images in figure 4.')
   flags.DEFINE_integer('neighbour_pool', 2048, 'Training images searched for neighbours.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(main)
+  command_line.run(main)

@@ -21,13 +21,12 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
-from absl import app, flags
+from absl import flags
 from etils import epath
 from flax.training import train_state
-from ml_collections import config_flags
 
-from alexnet_jax import (checkpointing, class_names, model_record, optim, parallel, torch_file,
-                         torchvision_layout, train)
+from alexnet_jax import (checkpointing, class_names, command_line, model_record, optim, parallel,
+                         torch_file, torchvision_layout, train)
 from alexnet_jax.errors import ConfigError, UserFacingError
 
 IMPORTED_STEP = 0
@@ -124,13 +123,13 @@ def main(argv):
 
 if __name__ == '__main__':
   # Flags only when run as a command, so that other modules and tests can import it.
-  config_flags.DEFINE_config_file(
-      'config', 'configs/alexnet.py:torchvision', 'import: the config recorded with the '
-      "weights (its width is the file's); export: only for a workdir without model.json, the "
-      'config it was trained with.', lock_config=True)
+  command_line.define_config_flag(
+      "import: the config recorded with the weights (its width is the file's); export: only "
+      'for a workdir without model.json, the config it was trained with.',
+      default='configs/alexnet.py:torchvision')
   flags.DEFINE_string('from', None, 'import: a state dict of torchvision\'s AlexNet (.pth).')
   flags.DEFINE_string('to', None, 'export: the .pth file to write.')
   flags.DEFINE_string('workdir', None, 'import: a new workdir; export: a trained owt workdir.')
   flags.DEFINE_string('checkpoint', 'latest', "export: 'latest', 'best', or a step.")
   flags.mark_flags_as_required(['workdir'])
-  app.run(main)
+  command_line.run(main)
