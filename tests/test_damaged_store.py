@@ -240,6 +240,7 @@ def test_the_same_with_decoding_processes(pristine, tmp_path, caplog):
   _training_stops_then_a_skip_resumes_exactly(pristine, tmp_path, caplog, workers=2)
 
 
+@pytest.mark.slow   # 30 s: the README's quick command stays under 10 minutes
 def test_a_damaged_validation_record_stops_the_evaluation_and_a_skip_leaves_it_out(
     pristine, tmp_path, caplog):
   store = _copy(pristine, tmp_path)
