@@ -17,7 +17,10 @@ Rows, all on the same model, batch and devices:
   augmentation on the device) on a batch already on the devices;
 - the loop: the loader's batches copied to the devices on its background
   thread and trained on, as the trainer does it, with the trainer's decoding
-  resources (`--workers`, `--threads`).
+  resources (`--workers`, `--threads`);
+- with `--gpu_decode=SHARES` (a GPU host with the GPU decoder installed), the
+  input alone and the loop again with the store's JPEGs decoded on the GPU but
+  each share of the rows, decoded on the host (`alexnet_jax/data/gpu_decode.py`).
 
 For each: images/s, the cores used (CPU time of this process and its decoding
 processes over wall time), images/s per core used, and for the step and the
