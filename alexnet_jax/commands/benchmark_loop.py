@@ -264,10 +264,7 @@ def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader
   """(images/s, cores used, training thread's CPU ms per step) of the loader's batches,
   copied to the devices on its background thread (and with `decoder` their JPEGs decoded
   there, but `host_share` of each device's rows), trained on."""
-  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoder=decoder, host_batch=batch,
-                             host_share=host_share)
-  batches = _data(split, size, batch, reading).train_batches(0, put=put,
-                                                             split=put.decode_split)
+  batches = _on_devices(step, split, size, batch, reading, staging, decoder, host_share)
   try:
     clock = step.run(batches, steps, warmup)
   finally:
@@ -275,15 +272,20 @@ def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader
   return steps * batch / clock.wall, clock.cores, 1000 * clock.thread / steps
 
 
+def _on_devices(step: Step, split: loader.Split, size: int, batch: int,
+                reading: loader.Reading, staging: str, decoder, host_share: float):
+  """The loader's batches of `split`, put on `step`'s devices as the trainer puts them."""
+  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoder=decoder, host_batch=batch,
+                             host_share=host_share)
+  return _data(split, size, batch, reading).train_batches(0, put=put, split=put.decode_split)
+
+
 def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
                      reading: loader.Reading, steps: int, warmup: int, decoder,
                      host_share: float = 0.0):
   """(images/s, cores used, None) of the loader's batches put on the devices, decoded there
   by `decoder` (but `host_share` of each device's rows), without a step."""
-  put = to_devices.ToDevices(step.mesh, step.spec, decoder=decoder, host_batch=batch,
-                             host_share=host_share)
-  batches = _data(split, size, batch, reading).train_batches(0, put=put,
-                                                             split=put.decode_split)
+  batches = _on_devices(step, split, size, batch, reading, 'auto', decoder, host_share)
   try:
     for _ in range(warmup):
       next(batches)
