@@ -2,7 +2,8 @@
 
 Reads the scalars the trainer wrote to TensorBoard event files in WORKDIR and
 plots, against epochs, the training and validation loss (left) and the
-validation top-1 and top-5 error (right).
+validation top-1 and top-5 error (right). Where the plateau rule divided the
+learning rate, a dashed line marks the evaluation after which it did.
 """
 
 import sys
@@ -14,7 +15,18 @@ from etils import epath
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from alexnet_jax import summaries  # noqa: E402
+from alexnet_jax import model_record, optim, summaries  # noqa: E402
+
+
+def rate_drops(scalars: dict, config) -> list[tuple[int, float]]:
+  """(step, new rate) of each evaluation after which the plateau rule divided the learning
+  rate: the rule replayed over the validation errors with the run's own settings (`config`,
+  from WORKDIR/model.json; none under the cosine schedule or without a config)."""
+  if config is None or config.get('lr_schedule', 'plateau') != 'plateau':
+    return []
+  controller = optim.PlateauController(config.learning_rate, **config.plateau)
+  return [(step, controller.learning_rate) for step, error in scalars.get('eval/top1_error', [])
+          if controller.update(error)]
 
 
 def plot(workdir: str, out_path: str) -> None:
@@ -42,6 +54,12 @@ def plot(workdir: str, out_path: str) -> None:
   right.set_ylim(0, 1)
   right.grid(alpha=0.3)
   right.legend()
+  record = model_record.read(workdir)
+  for step, rate in rate_drops(scalars, record.config if record else None):
+    for axes in (left, right):
+      axes.axvline(to_epoch(step), color='grey', linestyle='--', linewidth=1)
+    right.annotate(f'rate {rate:g}', (to_epoch(step), 0.97), rotation=90, fontsize=8,
+                   ha='right', va='top', color='grey')
   fig.suptitle(epath.Path(workdir).name)
   fig.tight_layout()
   with epath.Path(out_path).open('wb') as f:   # a local path or gs://...
