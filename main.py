@@ -1,6 +1,5 @@
 """Trains and evaluates AlexNet: `python main.py --config=configs/alexnet.py --workdir=DIR`."""
 
-import logging as std_logging
 import os
 import sys
 
@@ -21,22 +20,17 @@ flags.DEFINE_integer('heartbeat_timeout_seconds', 100, 'On several hosts: how lo
 flags.mark_flags_as_required(['config', 'workdir'])
 
 
-def _quiet_orbax(record) -> bool:
-  """Orbax logs every stage of every save at INFO; keep its warnings and errors only."""
-  # std_logging's levels: absl.logging.WARNING is absl's own number (-1).
-  return record.levelno >= std_logging.WARNING or '/orbax/' not in record.pathname
-
-
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
-  logging.get_absl_handler().addFilter(_quiet_orbax)
   # Imported here, not above: the data loader's worker processes start by importing this
   # file, and need none of JAX's training stack or TensorFlow.
+  from alexnet_jax import orbax_logs
+  orbax_logs.keep_warnings()
   import jax
-  from alexnet_jax import parallel, train
+  from alexnet_jax import distributed, train
   try:
-    parallel.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
+    distributed.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserFacingError as e:

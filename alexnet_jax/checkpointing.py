@@ -14,21 +14,17 @@ step and the cause, and renames nothing. A read-only restore never renames.
 """
 
 import contextlib
-import errno
 import json
 import logging
-import shutil
-import sys
 import time
-import traceback
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
-from absl import logging as absl_logging
 from etils import epath
 from jax.experimental import multihost_utils
 
+from alexnet_jax import orbax_logs, storage
 from alexnet_jax.errors import CheckpointError, ConfigError, StorageError
 
 # How tensorstore reports data that is not there or not whole (absl status codes), and
@@ -36,123 +32,6 @@ from alexnet_jax.errors import CheckpointError, ConfigError, StorageError
 _DAMAGE_CODES = ('NOT_FOUND:', 'DATA_LOSS:', 'OUT_OF_RANGE:')
 _MISSING_ITEM = 'was not found in the checkpoint'
 OK, DAMAGED, FAILED = 0, 1, 2
-# A write the storage refuses, as the OS says it and as tensorstore (Orbax's arrays) does.
-_REFUSALS = {errno.ENOSPC: 'no space is left on the device', errno.EDQUOT: 'the disk quota is '
-             'used up', errno.EROFS: 'the file system is read-only', errno.EACCES: 'permission '
-             'is denied', errno.EPERM: 'the operation is not permitted'}
-_REFUSAL_TEXTS = {'No space left on device': errno.ENOSPC, 'Disk quota exceeded': errno.EDQUOT,
-                  'Read-only file system': errno.EROFS, 'Permission denied': errno.EACCES,
-                  'PERMISSION_DENIED': errno.EACCES}
-# A storage that does not answer, as the OS, aiohttp (gcsfs), tensorstore and TensorFlow's
-# GCS file system (libcurl's words) say it.
-_UNREACHABLE_ERRNOS = {errno.ECONNREFUSED, errno.ECONNRESET, errno.ETIMEDOUT,
-                       errno.EHOSTUNREACH, errno.ENETUNREACH}
-_UNREACHABLE_TEXTS = ('Cannot connect to host', 'Could not connect to server',
-                      "Couldn't connect to server", 'Could not resolve host', 'UNAVAILABLE:')
-
-
-def quiet_orbax_logs() -> None:
-  """For commands whose output is their answer: Orbax logs every stage of every read at INFO
-  and its read-only notes as warnings; keep only its errors, and others' warnings."""
-  def keep(record) -> bool:
-    return record.levelno >= (logging.ERROR if '/orbax/' in record.pathname else logging.WARNING)
-  absl_logging.get_absl_handler().addFilter(keep)
-
-
-def refused_write(error: BaseException) -> str | None:
-  """What the storage said when it refused a write (full, read-only, ...), or None."""
-  for cause in _causes(error):
-    if isinstance(cause, OSError) and cause.errno in _REFUSALS:
-      return _REFUSALS[cause.errno]
-    for text, code in _REFUSAL_TEXTS.items():
-      if text in str(cause):
-        return _REFUSALS[code]
-  return None
-
-
-def unreachable(error: BaseException) -> bool:
-  """Whether `error` says the storage (an object store's server) could not be reached, after
-  the retries of the library that wrote (gcsfs, tensorstore)."""
-  for cause in _causes(error):
-    if isinstance(cause, ConnectionError) or (
-        isinstance(cause, OSError) and cause.errno in _UNREACHABLE_ERRNOS):
-      return True
-    if any(text in str(cause) for text in _UNREACHABLE_TEXTS):
-      return True
-  return False
-
-
-UNREACHABLE = 'the storage could not be reached'
-
-
-def storage_failure(error: BaseException) -> tuple[str, str] | None:
-  """(what happened, what to do) when a write failed for the storage's sake; None when it
-  failed for another reason, which is not the storage's to explain."""
-  refusal = refused_write(error)
-  if refusal is not None:
-    return refusal, ('Free space there, lower --config.keep_checkpoints, or pass another '
-                     '--workdir (copy the workdir there to keep its checkpoints).')
-  if unreachable(error):
-    return UNREACHABLE, 'Check the network, the bucket and its permissions from this host.'
-  return None
-
-
-def storage_error(error: BaseException, subject: str, detail: str = '') -> StorageError | None:
-  """The StorageError that says `subject` (e.g. 'The checkpoint of step 4 could not be
-  written to DIR') failed for the storage's sake, and what to do; None when `error` is not
-  the storage's. `detail` goes between the cause and the fix."""
-  failure = storage_failure(error)
-  if failure is None:
-    return None
-  what, fix = failure
-  return StorageError(f'{subject}: {what} ({describe(error)}).{detail} {fix}')
-
-
-# Where runs of earlier versions kept their best checkpoint, a copy of it.
-_LEGACY_BEST = 'best'
-
-
-class _StorageFailureLogs(logging.Filter):
-  """Drops what Orbax's threads, and asyncio for the writes of theirs it finds unfinished at
-  exit, log of a storage failure, traceback and all: the run stops with one message that
-  says it (Checkpoints._reported). Anything else passes."""
-
-  def filter(self, record) -> bool:
-    if record.exc_info and ('/orbax/' in record.pathname or record.name == 'asyncio'):
-      return storage_failure(record.exc_info[1]) is None
-    return True
-
-
-def _quiet_storage_failures() -> None:
-  """Once: Orbax's logs of a storage failure dropped, and so is the 'Event loop is closed'
-  of each of tensorstore's writes that ends after the save it belonged to has failed and
-  Orbax has closed that save's event loop (Python reports them as unraisable, from
-  `call_soon_threadsafe`: a late answer nobody waits for)."""
-  absl_logger = logging.getLogger('absl')
-  if any(isinstance(f, _StorageFailureLogs) for f in absl_logger.filters):
-    return
-  for name in ('absl', 'asyncio'):
-    logging.getLogger(name).addFilter(_StorageFailureLogs())
-  report = sys.unraisablehook
-
-  def unraisable(unraisable_error):
-    error, trace = unraisable_error.exc_value, unraisable_error.exc_traceback
-    late = (isinstance(error, RuntimeError) and str(error) == 'Event loop is closed' and
-            trace is not None and any(frame.name == 'call_soon_threadsafe'
-                                      for frame in traceback.extract_tb(trace)))
-    if not late:
-      report(unraisable_error)
-
-  sys.unraisablehook = unraisable
-
-
-def _causes(error: BaseException) -> list[BaseException]:
-  """`error` and the errors it was raised from or during, innermost last."""
-  chain = []
-  while error is not None and error not in chain and len(chain) < 16:
-    chain.append(error)
-    error = error.__cause__ or error.__context__
-  return chain
 
 
 def checkpoint_bytes(state) -> int:
@@ -161,14 +40,15 @@ def checkpoint_bytes(state) -> int:
              for x in jax.tree.leaves(_arrays(state)))
 
 
-def free_bytes(directory) -> int | None:
-  """Free bytes where `directory` is, on a local disk; None where that cannot be known."""
-  if '://' in str(directory):
-    return None
-  path = epath.Path(directory)
-  while not path.exists() and path != path.parent:
-    path = path.parent
-  return shutil.disk_usage(str(path)).free
+def check_space(directory, state, checkpoints_needed: int) -> None:
+  """Warns at start-up when `directory` has room for fewer than `checkpoints_needed`."""
+  size, free = checkpoint_bytes(state), storage.free_bytes(directory)
+  if free is not None and free < checkpoints_needed * size:
+    logging.warning(
+        'The workdir %s has %.2f GiB free; %d checkpoints of %.2f GiB (keep_checkpoints + 2: '
+        'the newest ones, the best and one being written) need %.2f GiB. Free space, or lower '
+        '--config.keep_checkpoints, before a save fails.', directory, free / 2**30,
+        checkpoints_needed, size / 2**30, checkpoints_needed * size / 2**30)
 
 
 def is_damage(error: BaseException) -> bool:
@@ -218,7 +98,7 @@ class Checkpoints:
             enable_async_checkpointing=not read_only))
     self._last_saved = self._manager.latest_step()
     self._writing = None   # (step, bytes) of the save in flight
-    _quiet_storage_failures()
+    orbax_logs.drop_storage_failures()
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -226,8 +106,9 @@ class Checkpoints:
   def path(self, step: int) -> str:
     return str(epath.Path(self.directory) / str(step))
 
-  def save(self, state, loop_state: dict) -> None:
-    """Starts writing the checkpoint of `state.step`, unless it is the one saved last.
+  def save(self, state, loop_state: dict) -> float | None:
+    """Starts writing the checkpoint of `state.step`, unless it is the one saved last; the
+    seconds the step waited for it (None: nothing to save).
 
     Raises StorageError if the storage refuses this write or refused the one
     before; what a refused write leaves is removed where it can be (it never
@@ -235,7 +116,7 @@ class Checkpoints:
     """
     step = int(jax.device_get(state.step))
     if step == self._last_saved:
-      return
+      return None
     self.wait()
     start = time.monotonic()
     self._writing = (step, checkpoint_bytes(state))
@@ -244,8 +125,10 @@ class Checkpoints:
           state=ocp.args.StandardSave(_arrays(state)),
           loop_state=ocp.args.JsonSave(loop_state)), force=True)
     self._last_saved = step
+    waited = time.monotonic() - start
     logging.info('Checkpoint %s: the step waited %.2f s for it; it is written in the '
-                 'background.', self.path(step), time.monotonic() - start)
+                 'background.', self.path(step), waited)
+    return waited
 
   def wait(self) -> None:
     """Waits for the save in flight; StorageError if the storage refused it."""
@@ -264,18 +147,18 @@ class Checkpoints:
       self._writing = None
       subject = f'The checkpoint of step {step} could not be written to {self.directory}'
       detail = ''
-      if refused_write(e):   # the storage answers: tidy up, and say what one checkpoint needs
+      if storage.refused_write(e):   # the storage answers: tidy up, say what a checkpoint needs
         self._remove_partial(step)
-        free = free_bytes(self.directory)
-        detail = (f' One checkpoint needs about {_gib(size)}'
-                  f'{f", {_gib(free)} are free there" if free is not None else ""}.')
-      error = storage_error(e, subject, detail)
+        free = storage.free_bytes(self.directory)
+        detail = (f' One checkpoint needs about {storage.gib(size)}'
+                  f'{f", {storage.gib(free)} are free there" if free is not None else ""}.')
+      error = storage.storage_error(e, subject, detail)
       if error is None:
         raise
       try:
         self._manager.reload()   # the failed step is no checkpoint
       except Exception as gone:  # pylint: disable=broad-except  (the storage went away too)
-        if storage_error(gone, subject, '') is None:
+        if storage.storage_error(gone, subject, '') is None:
           raise
       raise error from e
 
@@ -315,7 +198,8 @@ class Checkpoints:
       verdicts = np.asarray(multihost_utils.process_allgather(np.int32(verdict))).reshape(-1)
       if (verdicts == FAILED).any():
         hosts = ', '.join(str(i) for i in np.flatnonzero(verdicts == FAILED))
-        cause = describe(error) if verdict == FAILED else "the cause is in that host's log"
+        cause = (storage.describe(error) if verdict == FAILED else
+                 "the cause is in that host's log")
         raise CheckpointError(
             f'Checkpoint {self.path(step)} could not be restored (host {hosts}: {cause}). It '
             'was left as it is. If the cause has passed (storage, memory), run again; if the '
@@ -348,7 +232,7 @@ class Checkpoints:
   def _set_aside(self, step: int, error: Exception | None) -> None:
     """Renames the damaged checkpoint of `step`, once every host has found it so."""
     path = self.path(step)
-    cause = describe(error) if error is not None else "damaged, as another host found"
+    cause = storage.describe(error) if error is not None else "damaged, as another host found"
     if self._read_only:
       raise ConfigError(f'Checkpoint {path} is damaged ({cause}).') from error
     logging.warning('Checkpoint %s is damaged (%s); it is renamed %s.unreadable and an older '
@@ -366,104 +250,6 @@ class Checkpoints:
     except StorageError as e:
       logging.error('%s', e)
     self._manager.close()
-
-
-def restore_params(workdir: str, which: str, state):
-  """(params, step) of checkpoint `which` ('latest', 'best' or a step) of a trained workdir,
-  placed as `state` is; the workdir is only read."""
-  checkpoints, step = _open_chosen(workdir, which)
-  try:
-    restored, _ = checkpoints.restore(state, step)
-  finally:
-    checkpoints.close()
-  return restored.params, int(jax.device_get(restored.step))
-
-
-def restore_saved_params(workdir: str, which: str) -> tuple[dict, int]:
-  """(params, step) of checkpoint `which` of a workdir as numpy arrays of the shapes they
-  were saved with: another run's parameters, read without building its model."""
-  checkpoints, step = _open_chosen(workdir, which)
-  path = checkpoints.path(step if step is not None else checkpoints.all_steps()[-1])
-  try:
-    saved = checkpoints.read_as_saved(step)
-  except Exception as e:  # pylint: disable=broad-except  (one message for every cause)
-    damage = ' (damaged: files missing, truncated or corrupt)' if is_damage(e) else ''
-    raise CheckpointError(f'Checkpoint {path} could not be read{damage}: {describe(e)}.') from e
-  finally:
-    checkpoints.close()
-  return jax.tree.map(np.asarray, saved['params']), int(saved['step'])
-
-
-def best_step(workdir: str) -> int | None:
-  """The step of the lowest validation error a workdir's newest checkpoint records and keeps;
-  None where it records none (a run that has not evaluated, or keeps no best checkpoint)."""
-  directory = workdir_path(workdir) / 'checkpoints'
-  if not directory.is_dir():
-    return None
-  checkpoints = Checkpoints(str(directory), read_only=True)
-  try:
-    steps = checkpoints.all_steps()
-    if not steps:
-      return None
-    best = checkpoints.loop_state(steps[-1]).get('best_step')
-    return best if best in steps else None
-  finally:
-    checkpoints.close()
-
-
-def _open_chosen(workdir: str, which: str):
-  """(read-only Checkpoints, step) of checkpoint `which` of a workdir; step None: the newest."""
-  if which not in ('latest', 'best') and not which.isdigit():
-    raise ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
-  root = workdir_path(workdir)
-  step = int(which) if which.isdigit() else None
-  directory = root / 'checkpoints'
-  if which == 'best':
-    step = best_step(workdir)
-    if step is None and (root / _LEGACY_BEST).is_dir():   # a run of an earlier version
-      directory = root / _LEGACY_BEST
-    elif step is None:
-      raise ConfigError(f'{workdir} keeps no best checkpoint (no evaluation yet, or trained '
-                        'with --config.keep_best_checkpoint=false): use --checkpoint=latest.')
-  checkpoints = Checkpoints(str(directory), read_only=True) if directory.is_dir() else None
-  steps = checkpoints.all_steps() if checkpoints else []
-  if not steps or (step is not None and step not in steps):
-    raise ConfigError(
-        f'{directory} holds no checkpoint{"" if step is None else f" of step {step}"} '
-        f'(it holds {steps or "none"}): check the workdir and --checkpoint.')
-  return checkpoints, step
-
-
-def write_whole(path: epath.Path, contents: bytes) -> None:
-  """Writes `path` whole or not at all: to a temporary name, renamed when complete; a write
-  the storage refuses raises StorageError."""
-  temporary = path.parent / (path.name + '.tmp')
-  try:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    temporary.write_bytes(contents)
-    temporary.replace(path)   # over a copy of an earlier run, where there is one
-  except OSError as e:
-    error = storage_error(e, f'{path} could not be written')
-    if error is None:
-      raise
-    raise error from e
-
-
-def _gib(size: int) -> str:
-  return f'{size / 2**30:.2f} GiB'
-
-
-def workdir_path(workdir: str) -> epath.Path:
-  """The workdir as a path Orbax takes: absolute on local disks, as it is on gs:// and the
-  like."""
-  path = epath.Path(workdir)
-  return path if '://' in workdir else epath.Path(path.expanduser().absolute())
-
-
-def describe(error: BaseException) -> str:
-  """'ValueError: its first line'."""
-  first_line = str(error).strip().splitlines()[0] if str(error).strip() else ''
-  return f'{type(error).__name__}: {first_line}'
 
 
 def _arrays(state) -> dict:

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alexnet_jax import checkpointing
+from alexnet_jax import storage
 from alexnet_jax.data import augment
 from alexnet_jax.errors import ConfigError
 
@@ -31,9 +31,9 @@ def save(stats: dict, workdir: str) -> str:
   buffer = io.BytesIO()
   np.save(buffer, stats['mean_image'])
   # The mean image first: a run that finds the JSON file finds everything.
-  checkpointing.write_whole(folder / MEAN_IMAGE, buffer.getvalue())
+  storage.write_whole(folder / MEAN_IMAGE, buffer.getvalue())
   summary = {k: v for k, v in stats.items() if k != 'mean_image'}
-  checkpointing.write_whole(folder / FILENAME, json.dumps(summary, indent=2).encode())
+  storage.write_whole(folder / FILENAME, json.dumps(summary, indent=2).encode())
   return str(folder / FILENAME)
 
 

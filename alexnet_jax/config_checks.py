@@ -7,7 +7,7 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax import checkpointing, models, optim
+from alexnet_jax import models, optim, storage
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.errors import ConfigError
 
@@ -116,7 +116,7 @@ def check_workdir(workdir: str) -> None:
     probe.unlink()
   except Exception as e:  # pylint: disable=broad-except
     fix = ('check the network, the bucket and its permissions from this host'
-           if checkpointing.unreachable(e) else 'choose a folder this user may write to')
+           if storage.unreachable(e) else 'choose a folder this user may write to')
     raise ConfigError(f'--workdir={workdir} cannot be written ({type(e).__name__}: {e}): '
                       f'{fix}.') from e
 

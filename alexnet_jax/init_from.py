@@ -12,7 +12,7 @@ import logging
 import jax
 import numpy as np
 
-from alexnet_jax import checkpointing, model_record
+from alexnet_jax import model_record, storage, workdir_checkpoints
 from alexnet_jax.errors import ConfigError
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')   # both variants'
@@ -36,7 +36,7 @@ def check(config) -> None:
       raise ConfigError('--config.reinit_layers is set but --config.init_from is not: name the '
                         'workdir whose other layers the run starts from.')
     return
-  if not checkpointing.workdir_path(config.init_from).exists():
+  if not storage.workdir_path(config.init_from).exists():
     raise ConfigError(f'--config.init_from={config.init_from} does not exist: name a trained '
                       'workdir, or one written by python -m alexnet_jax.commands.weights import.')
 
@@ -45,8 +45,8 @@ def initial_params(config, params):
   """`params` (this run's initialisation, placed on its mesh) with the layers of
   `config.init_from` in place of its own, placed the same way."""
   source = config.init_from
-  which = 'best' if checkpointing.best_step(source) is not None else 'latest'
-  saved, step = checkpointing.restore_saved_params(source, which)
+  which = 'best' if workdir_checkpoints.best_step(source) is not None else 'latest'
+  saved, step = workdir_checkpoints.restore_saved_params(source, which)
   fresh = set(reinit_layers(config))
   differences = []
   for layer in sorted(params):

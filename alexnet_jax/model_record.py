@@ -8,7 +8,7 @@ import json
 import ml_collections
 from etils import epath
 
-from alexnet_jax import checkpointing
+from alexnet_jax import storage
 
 FILENAME = 'model.json'
 
@@ -23,13 +23,13 @@ class Record:
 def write(workdir: str, config, class_names, source: str | None = None) -> None:
   contents = {'config': json.loads(config.to_json_best_effort()),
               'class_names': list(class_names), 'source': source}
-  checkpointing.write_whole(epath.Path(workdir) / FILENAME,
+  storage.write_whole(epath.Path(workdir) / FILENAME,
                             json.dumps(contents, indent=1).encode())
 
 
 def read(workdir: str) -> Record | None:
   """The workdir's record; None for a workdir written before records were kept."""
-  path = checkpointing.workdir_path(workdir) / FILENAME
+  path = storage.workdir_path(workdir) / FILENAME
   if not path.exists():
     return None
   contents = json.loads(path.read_text())

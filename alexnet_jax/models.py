@@ -203,7 +203,7 @@ class AlexNet(nn.Module):
   the logits are returned in float32.
 
   With `model_axis` set, this is the per-device code of a model split over
-  that mesh axis (`model_parallel.py`), called inside `jax.shard_map` with
+  that mesh axis (`placement.py`), called inside `jax.shard_map` with
   this device's slice of every split layer's parameters:
   - paper: one tower per device. conv1, conv2, conv4 and conv5 and both
     LRNs see only this device's maps; the towers' maps are gathered before

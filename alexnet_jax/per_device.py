@@ -21,10 +21,10 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from alexnet_jax import mesh as mesh_lib
+from alexnet_jax import placement
 from alexnet_jax import models
 from alexnet_jax.data import augment
-from alexnet_jax.mesh import BATCH_AXIS, MODEL_AXIS
+from alexnet_jax.placement import BATCH_AXIS, MODEL_AXIS
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,8 +37,8 @@ class OnDevice:
   @classmethod
   def of(cls, model: models.AlexNet, mesh: Mesh) -> 'OnDevice':
     size = mesh.shape[MODEL_AXIS]
-    return cls(mesh_lib.per_device_model(model, size), size,
-               mesh_lib.examples_split_over_model(model.variant, size))
+    return cls(placement.per_device_model(model, size), size,
+               placement.examples_split_over_model(model.variant, size))
 
   def all_examples(self, *arrays):
     """`arrays` (labels, masks) for every example this device's logits cover: gathered over
@@ -164,17 +164,17 @@ def make_train_step(model, aug: augment.Augmentation, seed: int, mesh: Mesh) -> 
   from them (`augment.py`).
   """
   device = OnDevice.of(model, mesh)
-  layers = mesh_lib.split_layers(model.variant, mesh.shape[MODEL_AXIS])
+  layers = placement.split_layers(model.variant, mesh.shape[MODEL_AXIS])
 
   def step(state, batch):
-    state_specs = mesh_lib.specs(state, layers)
+    state_specs = placement.specs(state, layers)
     # check_vma=False keeps pmap's semantics: the replicated parameters are not
     # tracked as invariant, so their gradients are per-device and the explicit
     # psum and pmean in `train_step` are the only reductions.
     mapped = jax.shard_map(
         functools.partial(train_step, device=device, aug=aug, seed=seed,
                           param_specs=state_specs.params),
-        mesh=mesh, in_specs=(state_specs, mesh_lib.batch_spec(model, mesh)),
+        mesh=mesh, in_specs=(state_specs, placement.batch_spec(model, mesh)),
         out_specs=(state_specs, P()), check_vma=False)
     return mapped(state, batch)
 
@@ -186,13 +186,13 @@ def make_eval_step(model, aug: augment.Augmentation, mesh: Mesh,
   """`eval_step` over every device of `mesh`: (params_list, batch) -> summed counts over the
   global batch."""
   device = OnDevice.of(model, mesh)
-  layers = mesh_lib.split_layers(model.variant, mesh.shape[MODEL_AXIS])
+  layers = placement.split_layers(model.variant, mesh.shape[MODEL_AXIS])
 
   def step(params_list, batch):
     mapped = jax.shard_map(
         functools.partial(eval_step, device=device, aug=aug, ten_patches=ten_patches),
-        mesh=mesh, in_specs=(mesh_lib.specs(params_list, layers),
-                             mesh_lib.batch_spec(model, mesh)),
+        mesh=mesh, in_specs=(placement.specs(params_list, layers),
+                             placement.batch_spec(model, mesh)),
         out_specs=P(), check_vma=False)
     return mapped(params_list, batch)
 

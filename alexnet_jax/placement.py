@@ -1,4 +1,5 @@
-"""The (batch, model) device mesh, and where AlexNet's parameters and examples live on it.
+"""Placement on the (batch, model) device mesh: the mesh, and where AlexNet's parameters and
+examples live on it.
 
 Examples are split over the `batch` axis: data parallelism, gradients
 averaged with `lax.pmean`. A `model` axis of more than one device also

@@ -25,7 +25,7 @@ from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
 
-from alexnet_jax import checkpointing
+from alexnet_jax import storage
 
 
 class Summaries:
@@ -76,7 +76,7 @@ class Summaries:
     try:
       return method(*args)
     except Exception as e:  # pylint: disable=broad-except  (sorted out just below)
-      error = checkpointing.storage_error(
+      error = storage.storage_error(
           e, f'The TensorBoard summaries could not be written to {self._workdir}')
       if error is None:
         raise
@@ -100,3 +100,18 @@ def read_scalars(workdir: str) -> dict[str, list[tuple[int, float]]]:
           if array.ndim == 0:
             scalars.setdefault(value.tag, {})[event.step] = float(array)
   return {tag: sorted(points.items()) for tag, points in scalars.items()}
+
+
+def flat_hparams(config) -> dict:
+  """A config as {dotted name: value}, each a number, string or bool (TensorBoard's hparams)."""
+  flat = {}
+
+  def walk(prefix, value):
+    if hasattr(value, 'items'):
+      for k, v in value.items():
+        walk(f'{prefix}{k}.', v)
+    else:
+      flat[prefix[:-1]] = value if isinstance(value, (int, float, str, bool)) else str(value)
+
+  walk('', config)
+  return flat

@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import parallel, train
+from alexnet_jax import placement, train
 from alexnet_jax.commands import activation_stats
 from alexnet_jax.data import augment
 from tests.conftest import tiny_config
@@ -13,7 +13,7 @@ from tests.conftest import tiny_config
 def test_a_layer_whose_biases_silence_it_shows_all_its_units_dead():
   config = tiny_config()
   model = train.create_model(config, num_classes=10)
-  params = jax.device_get(train.create_train_state(config, model, parallel.make_mesh()).params)
+  params = jax.device_get(train.create_train_state(config, model, placement.make_mesh()).params)
   params['fc7']['bias'] = np.full_like(params['fc7']['bias'], -100.0)   # fc7 never fires
   rng = np.random.default_rng(0)
   batch = {'image': rng.integers(0, 256, (8, 73, 73, 3), np.uint8),

@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 
 from alexnet_jax import models
-from alexnet_jax.commands import benchmark, benchmark_loop, prepare
-from alexnet_jax.data import augment, loader, store
+from alexnet_jax.benchmarking import photo_like
+from alexnet_jax.commands import benchmark
+from alexnet_jax.data import augment, loader, prepare, store
 from configs import alexnet
 from tests.conftest import write_image_folder
 
@@ -28,7 +29,7 @@ def test_benchmark_steps_augment_and_descend_as_the_owt_config_trains():
   """The benchmark builds the step without loading a config (it runs where ml_collections is
   not installed): what it builds is the `owt` config's augmentation and SGD all the same."""
   config = alexnet.get_config('owt')
-  expected, got = augment.from_config(config), benchmark.augmentation(config.image_size)
+  expected, got = augment.from_config(config), augment.imagenet(config.image_size)
   for field in dataclasses.fields(augment.Augmentation):
     np.testing.assert_array_equal(getattr(got, field.name), getattr(expected, field.name),
                                   err_msg=field.name)
@@ -123,7 +124,7 @@ def test_photo_like_images_weigh_what_photos_weigh_as_stored_jpegs():
   from PIL import Image
   sizes = []
   for seed in range(12):
-    image = benchmark_loop.photo_like(np.random.default_rng(seed), 375, 500)
+    image = photo_like.photo_like(np.random.default_rng(seed), 375, 500)
     square = Image.fromarray(image[:, 62:437]).resize((256, 256), Image.BILINEAR)
     sizes.append(len(store.encode_record(0, np.asarray(square), 'jpeg', 90)))
   assert 11_000 < np.median(sizes) < 31_000 and min(sizes) > 8_000 and max(sizes) < 40_000

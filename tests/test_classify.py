@@ -11,7 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import checkpointing, class_names, color_stats, data, parallel, torch_file, train
+from alexnet_jax import (class_names, color_stats, data, per_device, placement, torch_file, train,
+                         workdir_checkpoints)
 from alexnet_jax.commands import classify, weights
 from alexnet_jax.data import image_folder
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
@@ -85,11 +86,11 @@ def eval_batch(imported):
 def _eval_counts(config, workdir, batch, ten_patches):
   """counts(labels): the eval step's sums over the 10 validation images, repeated for each
   row of `labels` [copies, 10], in one padded batch of 60 (one shape, one compile)."""
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   model = train.create_model(config, 1000)
-  params, _ = checkpointing.restore_saved_params(workdir, 'latest')
+  params, _ = workdir_checkpoints.restore_saved_params(workdir, 'latest')
   params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  eval_step = parallel.make_eval_step(model, color_stats.augmentation(config, workdir), mesh,
+  eval_step = per_device.make_eval_step(model, color_stats.augmentation(config, workdir), mesh,
                                       ten_patches)
 
   def counts(labels):
@@ -97,8 +98,8 @@ def _eval_counts(config, workdir, batch, ten_patches):
     padded = {'image': np.tile(batch.image, (6, 1, 1, 1)), 'label': np.zeros(60, np.int32),
               'mask': np.zeros(60, np.float32)}
     padded['label'][:labels.size], padded['mask'][:labels.size] = labels, 1
-    return jax.device_get(eval_step([params], parallel.shard_batch(
-        padded, mesh, parallel.batch_spec(model, mesh))))
+    return jax.device_get(eval_step([params], placement.shard_batch(
+        padded, mesh, placement.batch_spec(model, mesh))))
 
   return counts
 

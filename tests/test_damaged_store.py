@@ -19,8 +19,8 @@ import pytest
 from array_record.python import array_record_module
 
 from alexnet_jax import data, errors, summaries, train
-from alexnet_jax.commands import prepare
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.data import prepare
 from alexnet_jax.data.host_batch import DecodeSplit
 from tests.conftest import (NUM_DEVICES, assert_same_tree, run_config, saved_state,
                             write_image_folder)

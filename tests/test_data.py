@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data, errors
-from alexnet_jax.commands import prepare
-from alexnet_jax.data import synthetic
+from alexnet_jax.data import prepare, synthetic
 from tests.conftest import tiny_config, write_image_folder
 
 

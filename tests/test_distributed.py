@@ -6,7 +6,7 @@ import logging
 import jax
 import pytest
 
-from alexnet_jax import errors, parallel
+from alexnet_jax import distributed, errors
 
 
 @pytest.fixture
@@ -14,7 +14,7 @@ def calls(monkeypatch):
   """jax.distributed.initialize replaced by a recorder; no real client is started."""
   made = []
   monkeypatch.setattr(jax.distributed, 'initialize', lambda *a, **k: made.append((a, k)))
-  for name in parallel._CLUSTER_HINTS:
+  for name in distributed._CLUSTER_HINTS:
     monkeypatch.delenv(name, raising=False)
   return made
 
@@ -22,37 +22,37 @@ def calls(monkeypatch):
 def test_a_cloud_tpu_vm_joins_its_slice_without_arguments(calls, monkeypatch):
   # JAX sets this on import when it finds TPU chips and libtpu; its cluster detection then
   # asks the VM's metadata server for the slice's hosts.
-  monkeypatch.setattr(parallel.cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
-  parallel.initialize_distributed(heartbeat_timeout_seconds=7)
+  monkeypatch.setattr(distributed.cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
+  distributed.initialize_distributed(heartbeat_timeout_seconds=7)
   assert calls == [((), {'heartbeat_timeout_seconds': 7})]
 
 
 def test_a_tpu_vm_that_finds_no_coordinator_trains_as_one_host(monkeypatch, caplog):
   caplog.set_level(logging.INFO)
-  monkeypatch.setattr(parallel.cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
+  monkeypatch.setattr(distributed.cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
 
   def no_cluster(**kwargs):
     raise ValueError('coordinator_address should be defined.')
 
   monkeypatch.setattr(jax.distributed, 'initialize', no_cluster)
-  parallel.initialize_distributed()
+  distributed.initialize_distributed()
   assert 'training as one host' in caplog.text
 
 
 def test_other_initialization_errors_are_not_swallowed(monkeypatch):
-  monkeypatch.setattr(parallel.cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
+  monkeypatch.setattr(distributed.cloud_tpu_init, 'running_in_cloud_tpu_vm', True)
 
   def broken(**kwargs):
     raise ValueError('process_id and num_processes must be nonnegative')
 
   monkeypatch.setattr(jax.distributed, 'initialize', broken)
   with pytest.raises(ValueError, match='nonnegative'):
-    parallel.initialize_distributed()
+    distributed.initialize_distributed()
 
 
 def test_a_plain_host_joins_nothing(calls, monkeypatch):
-  monkeypatch.setattr(parallel.cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
-  parallel.initialize_distributed()
+  monkeypatch.setattr(distributed.cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
+  distributed.initialize_distributed()
   assert calls == []
 
 
@@ -60,16 +60,16 @@ def test_a_plain_host_joins_nothing(calls, monkeypatch):
                                          ('OMPI_COMM_WORLD_SIZE', '2'),
                                          ('TPU_WORKER_HOSTNAMES', 'host-0,host-1')])
 def test_job_schedulers_are_joined_from_their_environment(calls, monkeypatch, name, value):
-  monkeypatch.setattr(parallel.cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
+  monkeypatch.setattr(distributed.cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
   monkeypatch.setenv(name, value)
-  parallel.initialize_distributed()
+  distributed.initialize_distributed()
   assert len(calls) == 1
 
 
 def test_several_processes_without_the_distributed_client_are_refused(calls, monkeypatch):
-  monkeypatch.setattr(parallel.cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
+  monkeypatch.setattr(distributed.cloud_tpu_init, 'running_in_cloud_tpu_vm', False)
   monkeypatch.setattr(jax, 'process_count', lambda: 4)
   monkeypatch.setattr(jax, 'process_index', lambda: 1)
   monkeypatch.setattr(jax.distributed, 'is_initialized', lambda: False)
   with pytest.raises(errors.ConfigError, match='process 1 of 4.*preemption'):
-    parallel.initialize_distributed()
+    distributed.initialize_distributed()

@@ -16,9 +16,8 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from alexnet_jax import (checkpointing, config_checks, errors, optim, parallel, preemption,
-                         train)
-from tests import processes
+from alexnet_jax import (checkpointing, config_checks, errors, optim, placement, preemption,
+                         processes, train, workdir_checkpoints)
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -174,9 +173,9 @@ def test_a_read_only_restore_never_renames(tmp_path):
     if path.is_file():
       path.write_bytes(b'')
   model = train.create_model(_config(4), 10)
-  template = train.create_train_state(_config(4), model, parallel.make_mesh())
+  template = train.create_train_state(_config(4), model, placement.make_mesh())
   with pytest.raises(errors.ConfigError, match='checkpoints/4 is damaged'):
-    checkpointing.restore_params(workdir, 'latest', template)
+    workdir_checkpoints.restore_params(workdir, 'latest', template)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
 
 
@@ -200,13 +199,13 @@ def test_a_preemption_during_evaluation_saves_and_the_resumed_run_evaluates_firs
   interrupted = str(tmp_path / 'interrupted')
   assert train.train_and_evaluate(config(), interrupted) == {}
   assert 'Stopped at step 2 before its evaluation' in caplog.text
-  assert _steps_saved(interrupted) == [2] and checkpointing.best_step(interrupted) is None
+  assert _steps_saved(interrupted) == [2] and workdir_checkpoints.best_step(interrupted) is None
   monkeypatch.undo()
   caplog.set_level(logging.INFO)
   assert train.train_and_evaluate(config(), interrupted) == expected
   assert 'evaluating it first' in caplog.text
   assert_same_tree(saved_state(interrupted, 4), saved_state(straight, 4))
-  assert checkpointing.best_step(interrupted) == checkpointing.best_step(straight) is not None
+  assert workdir_checkpoints.best_step(interrupted) == workdir_checkpoints.best_step(straight) is not None
 
 
 def test_the_learning_rate_drop_is_saved_and_kept_by_a_resumed_run(tmp_path, monkeypatch,
@@ -268,7 +267,7 @@ def test_the_best_checkpoint_is_kept_beside_the_newest_and_survives_a_restart(tm
   train.train_and_evaluate(_config(10, eval_every_steps=2, keep_checkpoints=2), workdir)
 
   assert _steps_saved(workdir) == [4, 8, 10]   # the newest two, and the best: no second copy
-  assert checkpointing.best_step(workdir) == 4
+  assert workdir_checkpoints.best_step(workdir) == 4
   with open(tmp_path / 'checkpoints' / '10' / 'loop_state' / 'metadata') as f:
     assert json.load(f)['best_top1_error'] == 0.3
 

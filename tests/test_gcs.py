@@ -14,7 +14,7 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from alexnet_jax import checkpointing, errors, preemption, summaries, train
+from alexnet_jax import errors, preemption, summaries, train, workdir_checkpoints
 from alexnet_jax.commands import figures, plot_curves
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from tests import gcs_emulator
@@ -72,13 +72,13 @@ def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_s
   assert train.train_and_evaluate(_config(4), RUN) == expected
   assert f'Restored the checkpoint of step 2 from {RUN}/checkpoints' in caplog.text
   assert _steps(RUN) == [2, 4]
-  assert checkpointing.best_step(RUN) == checkpointing.best_step(straight) is not None
+  assert workdir_checkpoints.best_step(RUN) == workdir_checkpoints.best_step(straight) is not None
   local = saved_state(straight, 4)
   assert_same_tree(_state(RUN, 4, local), local)
   assert list(local_summaries.glob('events.out.tfevents.*'))
 
   results = evaluate_workdirs(_config(4), [RUN, straight], 'best')
-  assert results[RUN]['step'] == results[straight]['step'] == checkpointing.best_step(straight)
+  assert results[RUN]['step'] == results[straight]['step'] == workdir_checkpoints.best_step(straight)
   assert results[RUN]['top1_error'] == results[straight]['top1_error']
   paths = figures.make_figures(_config(4), RUN, 'latest', f'{RUN}/figures', num_images=3,
                                pool_size=16)

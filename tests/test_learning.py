@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import parallel, train
+from alexnet_jax import per_device, placement, train
 from alexnet_jax.data import augment, decode
 from configs import alexnet
 from tests.conftest import IMAGENETTE
@@ -40,11 +40,11 @@ def _losses(initialization: str, steps: int) -> list[float]:
   config = alexnet.get_config('paper')   # full size, the paper's SGD, lr 0.01
   config.initialization = initialization
   config.resize_size = config.image_size   # the batch is already 224x224: flips only
-  mesh = parallel.make_mesh(jax.devices()[:1])
+  mesh = placement.make_mesh(jax.devices()[:1])
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
-  step = parallel.make_train_step(model, augment.from_config(config), config.seed, mesh)
-  batch = parallel.shard_batch(_fixed_batch(), mesh)
+  step = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh)
+  batch = placement.shard_batch(_fixed_batch(), mesh)
   losses = []
   for _ in range(steps):
     state, metrics = step(state, batch)

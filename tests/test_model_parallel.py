@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpointing, data, evaluate, parallel, train
+from alexnet_jax import checkpointing, data, evaluate, per_device, placement, train
 from alexnet_jax.data import augment, to_devices
 from tests.conftest import saved_state, tiny_config
 from tests.reference import reference_sgd
@@ -70,15 +70,15 @@ def _two_steps_on_2x2(model: str):
 
 
 def _mesh_run(config, batches):
-  mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
+  mesh = placement.make_mesh(model_axis_size=config.model_axis_size)
   model = train.create_model(config, 10)
   state = train.create_train_state(config, model, mesh)
   init = jax.device_get(state.params)
-  step = parallel.make_train_step(model, augment.from_config(config), config.seed, mesh)
+  step = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh)
   losses, norms = [], []
   for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch, mesh,
-                                                      parallel.batch_spec(model, mesh)))
+    state, metrics = step(state, placement.shard_batch(batch, mesh,
+                                                      placement.batch_spec(model, mesh)))
     losses.append(float(metrics['loss']))
     norms.append(float(metrics['grad_norm']))
   return init, state, losses, norms
@@ -108,7 +108,7 @@ def _shard_of(array, device):
 @needs_four_devices
 def test_each_tower_lives_on_its_own_device():
   state = _two_steps_on_2x2('paper')[3]
-  mesh = parallel.make_mesh(model_axis_size=2)
+  mesh = placement.make_mesh(model_axis_size=2)
   momentum = state.opt_state.inner_state[2].trace
   for name in LAYERS:
     for array in (state.params[name]['kernel'], momentum[name]['kernel']):
@@ -145,12 +145,12 @@ def test_owt_evaluation_on_2x2_counts_every_example_once_as_on_4x1():
   params = jax.device_get(state.params)
   results = []
   for model_axis_size in (2, 1):
-    mesh = parallel.make_mesh(model_axis_size=model_axis_size)
+    mesh = placement.make_mesh(model_axis_size=model_axis_size)
     net = train.create_model(config, 10)
     template = train.create_train_state(config, net, mesh).params   # placed as on this mesh
     placed = jax.tree.map(lambda t, p: jax.device_put(p, t.sharding), template, params)
-    step = parallel.make_eval_step(net, augment.from_config(config), mesh)
-    put = to_devices.ToDevices(mesh, parallel.batch_spec(net, mesh))
+    step = per_device.make_eval_step(net, augment.from_config(config), mesh)
+    put = to_devices.ToDevices(mesh, placement.batch_spec(net, mesh))
     results.append(evaluate.evaluate(step, [placed], dataset, put))
   split, whole = results
   assert split['examples'] == whole['examples'] == 13
@@ -163,11 +163,11 @@ MODEL_GROUPS, BATCH_GROUPS = '{{0,1},{2,3}}', '{{0,2},{1,3}}'
 
 def _collectives(config):
   """(op, replica groups, result shape) of each collective in the compiled train step."""
-  mesh = parallel.make_mesh(model_axis_size=2)
+  mesh = placement.make_mesh(model_axis_size=2)
   model = train.create_model(config, 10)
   state = train.create_train_state(config, model, mesh)
-  batch = parallel.shard_batch(_batches(config, 1)[0], mesh, parallel.batch_spec(model, mesh))
-  hlo = parallel.make_train_step(model, augment.from_config(config), config.seed, mesh).lower(
+  batch = placement.shard_batch(_batches(config, 1)[0], mesh, placement.batch_spec(model, mesh))
+  hlo = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh).lower(
       state, batch).compile().as_text()
   found = []
   for line in hlo.splitlines():
@@ -213,8 +213,8 @@ def test_a_checkpoint_saved_on_2x2_restores_on_4x1_and_on_one_device(tmp_path):
   assert metrics['examples'] == 13   # counted over `batch` only, not again over `model`
   saved = saved_state(workdir, 2)
   model = train.create_model(config, 10)
-  for mesh in (parallel.make_mesh(model_axis_size=1),       # 4 x 1: data parallel only
-               parallel.make_mesh(jax.devices()[:1])):      # one device
+  for mesh in (placement.make_mesh(model_axis_size=1),       # 4 x 1: data parallel only
+               placement.make_mesh(jax.devices()[:1])):      # one device
     template = train.create_train_state(config, model, mesh)
     state, _ = checkpointing.Checkpoints(os.path.join(workdir, 'checkpoints'),
                                          read_only=True).restore(template)

@@ -5,7 +5,7 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import data, evaluate, optim, parallel, train
+from alexnet_jax import data, evaluate, optim, per_device, placement, train
 from alexnet_jax.data import augment, to_devices
 from tests.conftest import assert_same_tree, tiny_config
 from tests.reference import reference_sgd
@@ -40,13 +40,13 @@ def _batches(config, n, seed=0):
 
 
 def _train(config, devices, batches):
-  mesh = parallel.make_mesh(devices)
+  mesh = placement.make_mesh(devices)
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
-  step = parallel.make_train_step(model, _paper(config), config.seed, mesh)
+  step = per_device.make_train_step(model, _paper(config), config.seed, mesh)
   losses = []
   for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    state, metrics = step(state, placement.shard_batch(batch, mesh))
     losses.append(float(metrics['loss']))
   return jax.device_get(state.params), losses
 
@@ -62,7 +62,7 @@ def test_two_devices_train_like_one_device_on_the_same_global_batch():
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6)
   # The parameters really moved, by more than the tolerance above.
   init = jax.device_get(train.create_train_state(
-      config, train.create_model(config, 10), parallel.make_mesh(jax.devices()[:1])).params)
+      config, train.create_model(config, 10), placement.make_mesh(jax.devices()[:1])).params)
   moved = max(float(np.abs(a - b).max()) for a, b in zip(flat_1, jax.tree.leaves(init)))
   assert moved > 1e-3
 
@@ -70,13 +70,13 @@ def test_two_devices_train_like_one_device_on_the_same_global_batch():
 def test_eval_counts_every_real_example_once_and_no_padding():
   config = _config()
   config.resize_size = config.image_size
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   model = train.create_model(config, num_classes=10)
   params = train.create_train_state(config, model, mesh).params
   batch = _batches(config, 1, seed=1)[0]
   mask = np.array([1, 1, 1, 0, 1, 1, 0, 0], np.float32)   # 5 real examples
-  counts = parallel.make_eval_step(model, _centre(config), mesh)(
-      [params], parallel.shard_batch({**batch, 'mask': mask}, mesh))
+  counts = per_device.make_eval_step(model, _centre(config), mesh)(
+      [params], placement.shard_batch({**batch, 'mask': mask}, mesh))
   # Reference: the model on the real examples alone, on one device, without the mapped step.
   real = mask.astype(bool)
   images = batch['image'][real].astype(np.float32) - np.float32(127.5)
@@ -92,7 +92,7 @@ def test_eval_counts_every_real_example_once_and_no_padding():
 
 def test_ensemble_of_ten_patches_averages_the_softmax_over_models_and_patches():
   config = _config()
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   model = train.create_model(config, num_classes=10)
   members = []
   for seed in (0, 1):
@@ -104,8 +104,8 @@ def test_ensemble_of_ten_patches_averages_the_softmax_over_models_and_patches():
   labels = rng.integers(0, 10, b).astype(np.int32)
   mask = np.ones(b, np.float32)
   aug = augment.Augmentation(image_size=size, mean=np.float32(MEAN), std=np.float32(STD))
-  counts = parallel.make_eval_step(model, aug, mesh, ten_patches=True)(
-      members, parallel.shard_batch({'image': images, 'label': labels, 'mask': mask}, mesh))
+  counts = per_device.make_eval_step(model, aug, mesh, ten_patches=True)(
+      members, placement.shard_batch({'image': images, 'label': labels, 'mask': mask}, mesh))
   # Reference: NumPy slices of the corners and the centre, and their reflections; the
   # softmax of each model on each patch, averaged.
   slack = stored - size
@@ -129,12 +129,12 @@ def test_ensemble_of_ten_patches_averages_the_softmax_over_models_and_patches():
 def test_nothing_compiles_after_the_first_steps():
   """Later steps, a learning-rate drop and later evaluations reuse the first compilation."""
   config = _config()
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   dataset = data.create(config, config.global_batch_size)
   model = train.create_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, mesh)
-  train_step = parallel.make_train_step(model, _paper(config), config.seed, mesh)
-  eval_step = parallel.make_eval_step(model, _paper(config), mesh)
+  train_step = per_device.make_train_step(model, _paper(config), config.seed, mesh)
+  eval_step = per_device.make_eval_step(model, _paper(config), mesh)
   compiles = []
 
   def on_event(event, duration, **kwargs):
@@ -143,7 +143,7 @@ def test_nothing_compiles_after_the_first_steps():
 
   jax.monitoring.register_event_duration_secs_listener(on_event)
   try:
-    put = to_devices.ToDevices(mesh, parallel.batch_spec(model, mesh))
+    put = to_devices.ToDevices(mesh, placement.batch_spec(model, mesh))
     batches = dataset.train_batches(0, put=put)
     state, _ = train_step(state, next(batches))
     evaluate.evaluate(eval_step, [state.params], dataset, put)
@@ -169,14 +169,14 @@ def test_two_devices_take_the_papers_update_written_out_with_mean_std_and_colour
   config.mean_rgb, config.std_rgb = (123.68, 116.78, 103.94), (58.395, 57.12, 57.375)
   config.pca_lighting_std = 0.1
   batches = _batches(config, 2, seed=5)
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
   init = jax.device_get(state.params)
-  step = parallel.make_train_step(model, augment.from_config(config), config.seed, mesh)
+  step = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh)
   losses, norms = [], []
   for batch in batches:
-    state, metrics = step(state, parallel.shard_batch(batch, mesh))
+    state, metrics = step(state, placement.shard_batch(batch, mesh))
     losses.append(float(metrics['loss']))
     norms.append(float(metrics['grad_norm']))
   ref_params, ref_losses, ref_norms = reference_sgd(config, init, batches)
@@ -191,12 +191,12 @@ def test_two_devices_take_the_papers_update_written_out_with_mean_std_and_colour
 
 
 def _one_step(config, devices, batch, step_number=0):
-  mesh = parallel.make_mesh(devices)
+  mesh = placement.make_mesh(devices)
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
   state = state.replace(step=jax.device_put(np.int32(step_number), state.step.sharding))
-  step = parallel.make_train_step(model, _centre(config), config.seed, mesh)
-  state, metrics = step(state, parallel.shard_batch(batch, mesh))
+  step = per_device.make_train_step(model, _centre(config), config.seed, mesh)
+  state, metrics = step(state, placement.shard_batch(batch, mesh))
   return float(metrics['loss']), jax.device_get(state.params)
 
 
@@ -227,7 +227,7 @@ def test_a_bfloat16_step_is_close_to_the_float32_one_and_keeps_float32_parameter
   config = _config()
   batch = _batches(config, 1, seed=3)[0]
   init = jax.device_get(train.create_train_state(
-      config, train.create_model(config, 10), parallel.make_mesh()).params)
+      config, train.create_model(config, 10), placement.make_mesh()).params)
   results = {}
   for dtype in ('float32', 'bfloat16'):
     config.dtype = dtype
@@ -248,11 +248,11 @@ def test_a_bfloat16_step_is_close_to_the_float32_one_and_keeps_float32_parameter
 def test_a_step_whose_loss_is_not_finite_leaves_the_state_as_it_was():
   config = _config()
   config.learning_rate = 1e30   # step 1 is finite, and throws the parameters to infinity
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
-  step = parallel.make_train_step(model, _paper(config), config.seed, mesh)
-  batch = parallel.shard_batch(_batches(config, 1, seed=4)[0], mesh)
+  step = per_device.make_train_step(model, _paper(config), config.seed, mesh)
+  batch = placement.shard_batch(_batches(config, 1, seed=4)[0], mesh)
   state, first = step(state, batch)
   assert bool(first['finite'])
   before = jax.device_get(state)

@@ -16,8 +16,7 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import data
-from alexnet_jax.commands import prepare
-from alexnet_jax.data import store
+from alexnet_jax.data import prepare, store
 from tests.conftest import IMAGENETTE, NUM_DEVICES
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, parallel
+from alexnet_jax import errors, placement
 from alexnet_jax.data import loader, shared_batches, synthetic, to_devices
 
 
@@ -107,7 +107,7 @@ def test_a_full_dev_shm_is_refused_with_what_to_do(monkeypatch):
 
 
 def test_batches_reach_the_devices_on_another_thread_two_steps_ahead():
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   put = to_devices.ToDevices(mesh)
   threads, calls = set(), []
 
@@ -133,7 +133,7 @@ def test_batches_reach_the_devices_on_another_thread_two_steps_ahead():
 
 
 def test_batches_staged_in_pinned_host_memory_arrive_unchanged():
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   host = next(_data(0, 1).train_batches(0))
   direct = to_devices.ToDevices(mesh, staging='none')(host)
   pinned = to_devices.ToDevices(mesh, staging='pinned')(host)

@@ -14,9 +14,8 @@ import time
 
 import pytest
 
-from alexnet_jax import data, train
+from alexnet_jax import data, processes, train
 from alexnet_jax.data import synthetic
-from tests import processes
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]

@@ -12,7 +12,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import checkpointing, color_stats, errors, train
+from alexnet_jax import color_stats, errors, storage, train
 from tests.conftest import assert_same_tree, run_config, saved_state
 
 
@@ -77,7 +77,7 @@ def test_a_full_disk_stops_the_run_with_what_to_do_and_the_next_run_loses_nothin
 
 def test_too_little_space_for_the_checkpoints_is_warned_at_start_up(tmp_path, monkeypatch,
                                                                      caplog):
-  monkeypatch.setattr(checkpointing, 'free_bytes', lambda directory: 1000)
+  monkeypatch.setattr(storage, 'free_bytes', lambda directory: 1000)
   train.train_and_evaluate(_config(1), str(tmp_path))
   assert 'has 0.00 GiB free; 5 checkpoints of' in caplog.text   # keep 3, the best, one written
 
@@ -107,11 +107,11 @@ def test_a_full_disk_leaves_no_half_written_colour_statistics(tmp_path, monkeypa
                  "server'"),   # TensorFlow's GCS file system
 ])
 def test_a_storage_that_cannot_be_reached_is_told_apart_from_a_full_one(error):
-  what, fix = checkpointing.storage_failure(error)
+  what, fix = storage.storage_failure(error)
   assert what == 'the storage could not be reached' and 'network' in fix
-  what, fix = checkpointing.storage_failure(OSError(errno.ENOSPC, 'No space left on device'))
+  what, fix = storage.storage_failure(OSError(errno.ENOSPC, 'No space left on device'))
   assert what == 'no space is left on the device' and '--config.keep_checkpoints' in fix
-  assert checkpointing.storage_failure(ValueError('shapes do not match')) is None
+  assert storage.storage_failure(ValueError('shapes do not match')) is None
 
 
 @pytest.mark.slow   # trains twice

@@ -10,9 +10,8 @@ import pytest
 import simplejpeg
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import errors, parallel
-from alexnet_jax.commands import prepare
-from alexnet_jax.data import gpu_decode, loader, store, to_devices
+from alexnet_jax import errors, placement
+from alexnet_jax.data import batch_reader, gpu_decode, loader, prepare, store, to_devices
 from alexnet_jax.data.host_batch import DecodeSplit
 from tests.conftest import write_image_folder
 
@@ -59,7 +58,7 @@ def _batches(stream, count):
 @pytest.mark.parametrize('host_share', [0.0, 0.5])
 @pytest.mark.parametrize('workers', [0, 1])
 def test_rows_decoded_on_their_devices_equal_the_hosts(jpeg_store, host_share, workers):
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   dataset = _data(jpeg_store, workers)
   assert dataset.jpeg_store
   by_host = _batches(dataset.train_batches(2, put=to_devices.ToDevices(mesh)), 3)
@@ -80,7 +79,7 @@ def test_rows_decoded_on_their_devices_equal_the_hosts(jpeg_store, host_share, w
 
 
 def test_an_eval_pass_decoded_on_the_devices_pads_and_masks_as_the_hosts(jpeg_store):
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   dataset = _data(jpeg_store)
   want = _batches(dataset.eval_batches(put=to_devices.ToDevices(mesh)), dataset.eval_steps)
   put = to_devices.ToDevices(mesh, decoder=StandInDecoder(), host_batch=8)
@@ -109,7 +108,7 @@ def test_host_batches_carry_the_stored_jpegs_of_the_devices_rows(jpeg_store):
 
 
 def test_a_split_mesh_decodes_each_shared_block_on_every_device_of_it(jpeg_store):
-  mesh = parallel.make_mesh(model_axis_size=2)   # both devices take every row
+  mesh = placement.make_mesh(model_axis_size=2)   # both devices take every row
   decoder = StandInDecoder()
   put = to_devices.ToDevices(mesh, P('batch'), decoder=decoder, host_batch=8)
   batch = _batches(_data(jpeg_store).train_batches(0, put=put, split=put.decode_split), 1)[0]
@@ -157,8 +156,8 @@ def test_a_jpeg_that_does_not_fit_the_room_left_is_decoded_on_the_host(jpeg_stor
   # Room for the bytes of one or two of the store's JPEGs per batch of 8 rows.
   source = jpeg_store.source_of('train')
   largest = max(len(source.jpeg(i)[1]) for i in range(len(source)))
-  monkeypatch.setattr(loader, 'JPEG_BYTES_PER_PIXEL', 1.5 * largest / (8 * 73 * 73))
-  mesh = parallel.make_mesh()
+  monkeypatch.setattr(batch_reader, 'JPEG_BYTES_PER_PIXEL', 1.5 * largest / (8 * 73 * 73))
+  mesh = placement.make_mesh()
   decoder = StandInDecoder()
   put = to_devices.ToDevices(mesh, decoder=decoder, host_batch=8)
   stream = _data(jpeg_store).train_batches(0, split=put.decode_split)

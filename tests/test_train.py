@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors, train
-from alexnet_jax.commands import prepare
+from alexnet_jax.data import prepare
 from configs import alexnet
 from tests.conftest import assert_same_tree, saved_state, tiny_config, write_image_folder
 

@@ -13,8 +13,8 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alexnet_jax import (checkpointing, class_names, errors, model_record, torch_file,
-                         torchvision_layout, train)
+from alexnet_jax import (class_names, errors, model_record, torch_file, torchvision_layout, train,
+                         workdir_checkpoints)
 from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import NUM_DEVICES, assert_same_tree, saved_state
@@ -65,7 +65,7 @@ def imported(tmp_path_factory):
 
 def _logits(workdir: str, images: np.ndarray) -> np.ndarray:
   record = model_record.read(workdir)
-  params, _ = checkpointing.restore_saved_params(workdir, 'latest')
+  params, _ = workdir_checkpoints.restore_saved_params(workdir, 'latest')
   model = train.create_model(record.config, int(params['fc8']['bias'].shape[0]))
   return np.asarray(model.apply({'params': params}, images, train=False))
 

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from alexnet_jax import summaries
-from alexnet_jax.commands import benchmark_loop
+from alexnet_jax.benchmarking import throughput
 from alexnet_jax.data import loader
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -48,7 +48,7 @@ def test_the_host_benchmark_trains_main_and_resumes_without_tensorflow(without_t
       [loader.Reading(workers=workers, threads=threads)] if workers else [])
   assert rows == ['decode alone: the stored JPEGs, one thread',
                   f'decode alone: {loader.cores()} processes at once',
-                  *(f'input alone: {benchmark_loop.describe_reading(r)}' for r in inputs),
+                  *(f'input alone: {throughput.describe_reading(r)}' for r in inputs),
                   'owt, batch 8: step alone', 'owt, batch 8: the loop',
                   'main.py, owt, batch 8, to step 4',
                   'main.py, owt, batch 8, to step 6 (resumed from 4)']

@@ -1,6 +1,6 @@
 """Training-step throughput: `python -m alexnet_jax.commands.benchmark`.
 
-Times the trainer's own step (`parallel.make_train_step`: the paper's patches,
+Times the trainer's own step (`per_device.make_train_step`: the paper's patches,
 reflections and colour shift cut on the device from 256x256 images, the same
 model, optimiser, pmean and non-finite guard) on all local devices, on
 synthetic uint8 batches already on the devices, so the numbers are the step's
@@ -34,7 +34,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models, optim, parallel, torch_peer
+from alexnet_jax import models, optim, per_device, placement, torch_peer
+from alexnet_jax.benchmarking import table
 from alexnet_jax.data import augment, imagenet_color
 
 # Dense peak FLOP/s per device (vendor figures), by a piece of the device kind
@@ -49,16 +50,6 @@ KNOWN_PEAKS = {
     'TPU v6 lite': {'bfloat16': 918e12, 'float32': 918e12},
 }
 SGD = {'learning_rate': 0.01, 'momentum': 0.9, 'weight_decay': 5e-4}   # the paper's, both steps
-
-
-def augmentation(image_size: int) -> augment.Augmentation:
-  """The trainer's default augmentation for `owt` (configs/alexnet.py) for `image_size` patches."""
-  as_array = lambda values: np.asarray(values, np.float32)
-  return augment.Augmentation(image_size=image_size, mean=as_array(imagenet_color.MEAN_RGB),
-                              std=as_array(imagenet_color.STD_RGB),
-                              pca_std=imagenet_color.PCA_LIGHTING_STD,
-                              pca_eigval=as_array(imagenet_color.PCA_EIGVAL),
-                              pca_eigvec=as_array(imagenet_color.PCA_EIGVEC))
 
 
 def _peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
@@ -119,16 +110,16 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
               steps: int, warmup: int, repeats: int, peak_tflops: float | None = None,
               model_axis_size: int = 1, stored_size: int = 256) -> dict:
   devices = jax.local_devices()
-  mesh = parallel.make_mesh(devices, model_axis_size)
+  mesh = placement.make_mesh(devices, model_axis_size)
   model = models.AlexNet(num_classes=num_classes, variant=variant, dtype=jnp.dtype(dtype))
-  state = parallel.init_train_state(model, optim.paper_sgd(**SGD), image_size,
+  state = placement.init_train_state(model, optim.paper_sgd(**SGD), image_size,
                                    seed=0, mesh=mesh)
   rng = np.random.default_rng(0)
-  batch = parallel.shard_batch({
+  batch = placement.shard_batch({
       'image': rng.integers(0, 256, (global_batch, stored_size, stored_size, 3), np.uint8),
       'label': rng.integers(0, num_classes, (global_batch,), np.int32),
-  }, mesh, parallel.batch_spec(model, mesh))
-  train_step = parallel.make_train_step(model, augmentation(image_size), seed=0, mesh=mesh)
+  }, mesh, placement.batch_spec(model, mesh))
+  train_step = per_device.make_train_step(model, augment.imagenet(image_size), seed=0, mesh=mesh)
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
@@ -240,7 +231,9 @@ def _peer_in_child_process(args, env: dict, device: str, dtype: str, batch: int
 def main(args):
   configurations = [(variant, dtype, int(batch), int(split))
                     for variant in args.models.split(',')
-                    for split in args.model_axis_sizes.split(',') for dtype in args.dtypes.split(',') for batch in args.batch_sizes.split(',')]
+                    for split in args.model_axis_sizes.split(',')
+                    for dtype in args.dtypes.split(',')
+                    for batch in args.batch_sizes.split(',')]
   if args.row_json:
     print(json.dumps(configuration_row(args, *configurations[0])))
     return
@@ -267,10 +260,7 @@ def main(args):
     rows.append(r['cells'] + peer_cells(r['images_per_s'], rates))
     print(' | '.join(rows[-1]), flush=True)
   print()
-  print('| ' + ' | '.join(HEADER) + ' |')
-  print('|' + '---|' * len(HEADER))
-  for row in rows:
-    print('| ' + ' | '.join(row) + ' |')
+  table.print_markdown(HEADER, rows)
 
 
 def _parse_args():

@@ -9,7 +9,7 @@ as the loop does: parameters, momentum, step) `--saves` times. Saves are asynchr
 step waits while the arrays are copied off the devices (`step waits`), then Orbax writes
 them in the background (`written after`, from the same start). It restores the last one
 and measures its size on disk. With `--batch`, it also times the trainer's step at that
-global batch (`parallel.make_train_step`) and gives the wait as a share of one step and
+global batch (`per_device.make_train_step`) and gives the wait as a share of one step and
 of the steps between two saves (`--every`, the default `checkpoint_every_steps`).
 """
 
@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpointing, models, optim, parallel
-from alexnet_jax.commands import benchmark
+from alexnet_jax import checkpointing, models, optim, per_device, placement
+from alexnet_jax.data import augment
 
 
 def _du(path) -> int:
@@ -36,9 +36,9 @@ def _du(path) -> int:
 
 
 def measure(variant: str, saves: int, directory: pathlib.Path, batch: int) -> dict:
-  mesh = parallel.make_mesh(jax.local_devices())
+  mesh = placement.make_mesh(jax.local_devices())
   model = models.AlexNet(num_classes=1000, variant=variant, dtype=jnp.float32)
-  state = parallel.init_train_state(model, optim.paper_sgd(0.01), 224, 0, mesh)
+  state = placement.init_train_state(model, optim.paper_sgd(0.01), 224, 0, mesh)
   # A trained run's momentum is noise to a compressor; a fresh state's is zeros, which
   # Orbax's zstd would shrink to nothing.
   keys = iter(jax.random.split(jax.random.key(0), len(jax.tree.leaves(state.opt_state))))
@@ -70,10 +70,10 @@ def measure(variant: str, saves: int, directory: pathlib.Path, batch: int) -> di
       'restore_s': restore_s,
   }
   if batch:
-    step_fn = parallel.make_train_step(model, benchmark.augmentation(224), 0, mesh)
-    images = parallel.shard_batch({
+    step_fn = per_device.make_train_step(model, augment.imagenet(224), 0, mesh)
+    images = placement.shard_batch({
         'image': np.random.default_rng(0).integers(0, 256, (batch, 256, 256, 3), np.uint8),
-        'label': np.zeros((batch,), np.int32)}, mesh, parallel.batch_spec(model, mesh))
+        'label': np.zeros((batch,), np.int32)}, mesh, placement.batch_spec(model, mesh))
     state, _ = step_fn(state, images)   # compiles
     jax.block_until_ready(state)
     start = time.perf_counter()

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 import simplejpeg
 
-from alexnet_jax import parallel, platform
-from alexnet_jax.commands import benchmark_loop
+from alexnet_jax import placement, platform
+from alexnet_jax.benchmarking import table, throughput
 from alexnet_jax.data import gpu_decode, loader, store, to_devices
 
 
@@ -69,7 +69,7 @@ def step_with_decoding(step, decoder, device, jpegs, size: int, batch: int, step
   thread = threading.Thread(target=decode_on, daemon=True)
   thread.start()
   begin = time.perf_counter()
-  rate = benchmark_loop.step_alone(step, size, batch, steps, warmup)[0]
+  rate = throughput.step_alone(step, size, batch, steps, warmup)[0]
   decode_rate_ = decoded[0] / (time.perf_counter() - begin)
   done.set()
   thread.join()
@@ -101,7 +101,7 @@ def check_trainers_path(path: str, decoder, batch: int, steps: int = 3) -> tuple
   data = loader.make_data(split, split, name=path, num_classes=len(prepared.classes),
                           image_size=prepared.image_size, global_batch=batch, seed=0,
                           reading=loader.Reading(workers=0, threads=4))
-  mesh = parallel.make_mesh()
+  mesh = placement.make_mesh()
   put = to_devices.ToDevices(mesh, decoder=decoder, host_batch=batch, host_share=0.25)
   on_gpu = data.train_batches(0, put=put, split=put.decode_split)
   on_host = data.train_batches(0)
@@ -136,8 +136,8 @@ def main(args):
       rows.append((batch, f'decode alone: {name}',
                    decode_rate(decoder, device, jpegs, size, batch, args.repeats)))
       print(rows[-1], flush=True)
-    step = benchmark_loop.Step(args.model, 1.0, dtype, args.image_size)
-    alone = benchmark_loop.step_alone(step, size, batch, args.steps, args.warmup)[0]
+    step = throughput.Step(args.model, 1.0, dtype, args.image_size)
+    alone = throughput.step_alone(step, size, batch, args.steps, args.warmup)[0]
     rows.append((batch, f'train step alone ({args.model}, {dtype})', alone))
     print(rows[-1], flush=True)
     for name in args.beside:
@@ -149,17 +149,18 @@ def main(args):
                    step_rate, decoded, step_rate / alone))
       print(rows[-1], flush=True)
   print()
-  print('| batch | what | images/s | decoded beside, images/s | step of the step alone |')
-  print('|---|---|---|---|---|')
-  for batch, what, rate, *beside in rows:
-    extra = f'{beside[0]:,.0f} | {beside[1]:.1%}' if beside else '- | -'
-    print(f'| {batch} | {what} | {rate:,.0f} | {extra} |')
+  table.print_markdown(
+      ('batch', 'what', 'images/s', 'decoded beside, images/s', 'step of the step alone'),
+      [(batch, what, f'{rate:,.0f}', *((f'{beside[0]:,.0f}', f'{beside[1]:.1%}') if beside
+                                       else (None, None)))
+       for batch, what, rate, *beside in rows])
   print()
-  print('| decoder | largest difference | mean difference | channels that differ |')
-  print('|---|---|---|---|')
+  compared = []
   for name in ('hardware decoders (all they take)', 'CUDA decoder alone'):
     largest, mean, share = differences(built[name], device, jpegs, size)
-    print(f'| {name} | {largest} | {mean:.3f} | {share:.1%} |', flush=True)
+    compared.append((name, largest, f'{mean:.3f}', f'{share:.1%}'))
+  table.print_markdown(('decoder', 'largest difference', 'mean difference',
+                        'channels that differ'), compared)
   on_gpu, on_host = check_trainers_path(args.store, built['CUDA decoder alone'], 256)
   print(f'\nThe trainer\'s path, 3 batches of 256, a quarter of the rows decoded on the host: '
         f'largest difference from the host\'s batches {on_gpu} on the GPU\'s rows, {on_host} '

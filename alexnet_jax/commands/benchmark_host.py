@@ -5,7 +5,7 @@
 Needs JAX for the host's accelerators and the project's requirements other than
 TensorFlow and TFDS (grain, array_record, simplejpeg, clu, ml_collections, ...):
 nothing it runs imports TensorFlow. In turn it
-1. makes `--images` full-size photo-like JPEGs (`benchmark_loop.photo_like`: as
+1. makes `--images` full-size photo-like JPEGs (`benchmarking/photo_like.py`: as
    large as real photos' JPEGs, and as slow to decode) and prepares a 256x256
    store of them, or reads `--store` (a store of real photos is better);
 2. times the input alone: libjpeg-turbo on one thread, the loader with threads
@@ -20,15 +20,15 @@ nothing it runs imports TensorFlow. In turn it
    rows on the host;
 4. runs `main.py` itself on the store for `--train_steps` steps with a
    checkpoint, then the same command with `--resume_steps` more, which resumes
-   from it: images/s, the training thread's CPU per step and the time of a save,
-   as its log reports them (it decodes as `--config.decode=auto` picks).
+   from it: images/s, the training thread's CPU per step and what a save cost the step,
+   as the run's TensorBoard summaries hold them (it decodes on the host, or with
+   `--gpu_decode` as its first share says).
 Then it prints one table.
 """
 
 import argparse
 import os
 import pathlib
-import re
 import statistics
 import subprocess
 import sys
@@ -39,41 +39,42 @@ import time
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 import jax  # noqa: E402  (after the variable above)
 
-from alexnet_jax import platform
-from alexnet_jax.commands import benchmark_loop
+from alexnet_jax import platform, summaries
+from alexnet_jax.benchmarking import photo_like, table, throughput
 from alexnet_jax.data import gpu_decode, loader, store
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]   # the repository: main.py, configs/
-_PROGRESS = re.compile(r'([\d.]+) images/s, .* spent ([\d.]+) ms of CPU per step')
-_SAVED = re.compile(r'Checkpoint \S+: the step waited ([\d.]+) s for it')
-_RESTORED = re.compile(r'Restored the checkpoint of step (\d+)')
-_DECODED = re.compile(r'JPEGs are decoded on the (\w+)')
 
 
 def run_main(workdir: pathlib.Path, store_path: pathlib.Path, model: str, steps: int,
              batch: int, log_every: int, extra: list[str]) -> dict:
-  """main.py trained to `steps` on the store; what its log says."""
+  """main.py trained to `steps` on the store; its rates from its summaries."""
   command = [sys.executable, str(ROOT / 'main.py'), f'--config={ROOT}/configs/alexnet.py:{model}',
              f'--workdir={workdir}', f'--config.dataset={store_path}',
              f'--config.num_train_steps={steps}', f'--config.global_batch_size={batch}',
              f'--config.eval_every_steps={steps}', f'--config.log_every_steps={log_every}',
              f'--config.checkpoint_every_steps={steps}', '--config.keep_best_checkpoint=false',
              *extra]
+  saved = workdir / 'checkpoints'
+  resumed_from = max((int(p.name) for p in saved.iterdir() if p.name.isdigit()), default=None
+                     ) if saved.is_dir() else None
   start = time.perf_counter()
   result = subprocess.run(command, capture_output=True, text=True, check=False)
   seconds = time.perf_counter() - start
-  log = result.stdout + result.stderr
   if result.returncode != 0:
+    log = result.stdout + result.stderr
     raise RuntimeError(f'{" ".join(command)} failed ({result.returncode}):\n{log[-3000:]}')
-  progress = [(float(a), float(b)) for a, b in _PROGRESS.findall(log)]
-  steady = progress[1:] or progress   # the first window holds the compilation
-  restored = _RESTORED.findall(log)
+  first = resumed_from or 0
+  this_run = {tag: [value for step, value in points if step > first]
+              for tag, points in summaries.read_scalars(str(workdir)).items()}
+  # The first window of a run holds its compilation.
+  rates = this_run.get('train/images_per_sec', [])
+  host_ms = this_run.get('train/host_ms_per_step', [])
   return {'seconds': seconds,
-          'images_per_sec': statistics.median(r for r, _ in steady) if steady else None,
-          'host_ms': statistics.median(m for _, m in steady) if steady else None,
-          'save_s': [float(s) for s in _SAVED.findall(log)],
-          'resumed_from': int(restored[-1]) if restored else None,
-          'decoded_on': (_DECODED.findall(log) or ['?'])[0]}
+          'images_per_sec': statistics.median(rates[1:] or rates) if rates else None,
+          'host_ms': statistics.median(host_ms[1:] or host_ms) if host_ms else None,
+          'save_s': this_run.get('train/checkpoint_wait_s', []),
+          'resumed_from': resumed_from}
 
 
 def main(args):
@@ -82,7 +83,7 @@ def main(args):
   if args.store:
     store_path = pathlib.Path(args.store).expanduser()
   else:
-    store_path = benchmark_loop.prepare_photo_like(work, args.images, args.stored_size)
+    store_path = photo_like.prepare_store(work, args.images, args.stored_size)
   made = time.perf_counter() - start
   prepared = store.open_store(store_path)
   source = prepared.source_of('train')
@@ -94,7 +95,7 @@ def main(args):
   device = jax.local_devices()[0]
   print(f'{jax.local_device_count()} x {device.device_kind}, {loader.cores()} cores, jax '
         f'{jax.__version__}; {len(source):,} images of {store_path} ({made:.0f} s to make and '
-        f'prepare); {dtype}; the trainer decodes with {benchmark_loop.describe_reading(trainers)}.',
+        f'prepare); {dtype}; the trainer decodes with {throughput.describe_reading(trainers)}.',
         flush=True)
   rows = []
 
@@ -105,32 +106,32 @@ def main(args):
   readings = [loader.Reading(workers=0, threads=loader.cores())]
   if trainers.workers > 0:
     readings.append(trainers)
-  for reading, (rate, cores) in benchmark_loop.compare_inputs(
+  for reading, (rate, cores) in throughput.compare_inputs(
       split, size, args.input_batch, readings, rounds=2, steps=args.steps, warmup=args.warmup,
       decode=source).items():
-    if reading == benchmark_loop.DECODE_ALONE:
+    if reading == throughput.DECODE_ALONE:
       what = 'decode alone: the stored JPEGs, one thread'
-    elif reading == benchmark_loop.DECODE_EVERY_CORE:
+    elif reading == throughput.DECODE_EVERY_CORE:
       what = f'decode alone: {loader.cores()} processes at once'
     else:
-      what = f'input alone: {benchmark_loop.describe_reading(reading)}'
+      what = f'input alone: {throughput.describe_reading(reading)}'
     row(what, rate, cores)
   for model in args.models.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
-      step = benchmark_loop.Step(model, args.width, dtype, args.image_size)
+      step = throughput.Step(model, args.width, dtype, args.image_size)
       measure = dict(batch=batch, steps=args.steps, warmup=args.warmup)
-      step_rate, cores, host_ms = benchmark_loop.step_alone(step, size, **measure)
+      step_rate, cores, host_ms = throughput.step_alone(step, size, **measure)
       row(f'{model}, batch {batch}: step alone', step_rate, cores, None, host_ms)
-      rate, cores, host_ms = benchmark_loop.loop(step, split, size, reading=trainers, **measure)
+      rate, cores, host_ms = throughput.loop(step, split, size, reading=trainers, **measure)
       row(f'{model}, batch {batch}: the loop', rate, cores, rate / step_rate, host_ms)
       for share in args.gpu_decode:
         decoder = gpu_decode.GpuDecoder(jax.local_devices(), size, args.hardware_share)
         on_host = f', {share:.0%} of the rows on the host' if share else ''
-        rate, cores, _ = benchmark_loop.input_to_devices(step, split, size, reading=trainers,
+        rate, cores, _ = throughput.input_to_devices(step, split, size, reading=trainers,
                                                          decoder=decoder, host_share=share,
                                                          **measure)
         row(f'{model}, batch {batch}: input alone, decoded on the GPU{on_host}', rate, cores)
-        rate, cores, host_ms = benchmark_loop.loop(step, split, size, reading=trainers,
+        rate, cores, host_ms = throughput.loop(step, split, size, reading=trainers,
                                                    decoder=decoder, host_share=share, **measure)
         row(f'{model}, batch {batch}: the loop, decoded on the GPU{on_host}', rate, cores,
             rate / step_rate, host_ms)
@@ -141,22 +142,27 @@ def main(args):
   model, batch = args.models.split(',')[0], int(args.batch_sizes.split(',')[0])
   extra = [f'--config.width={args.width}', f'--config.image_size={args.image_size}',
            f'--config.resize_size={size}']
+  decoding = 'on the host'
+  if args.gpu_decode:   # as the first share of the GPU rows above
+    extra += ['--config.decode=device', f'--config.decode_host_share={args.gpu_decode[0]}',
+              f'--config.decode_hardware_share={args.hardware_share}']
+    decoding = f'on the GPU, {args.gpu_decode[0]:.0%} of the rows on the host'
   for steps in (args.train_steps, args.train_steps + args.resume_steps):
     result = run_main(workdir, store_path, model, steps, batch, args.log_every, extra)
     resumed = result['resumed_from']
     saves = ', '.join(f'{s:.2f}' for s in result['save_s'])
     row(f'main.py, {model}, batch {batch}, to step {steps}'
         f'{f" (resumed from {resumed})" if resumed else ""}', result['images_per_sec'], None,
-        None, result['host_ms'], f'{result["seconds"]:.0f} s in all; saves: {saves or "-"} s; '
-        f'JPEGs decoded on the {result["decoded_on"]}')
+        None, result['host_ms'], f'{result["seconds"]:.0f} s in all; JPEGs decoded {decoding}; '
+        f'the step waited {saves or "-"} s for its saves')
   print()
-  print('| what | images/s | cores used | of the step alone | training thread, CPU ms per '
-        'step | |')
-  print('|---|---|---|---|---|---|')
-  for what, rate, cores, of_step, host_ms, note in rows:
-    print(f'| {what} | {f"{rate:,.0f}" if rate else "-"} | '
-          f'{f"{cores:.2f}" if cores else "-"} | {f"{of_step:.1%}" if of_step else "-"} | '
-          f'{f"{host_ms:.2f}" if host_ms is not None else "-"} | {note} |')
+  table.print_markdown(
+      ('what', 'images/s', 'cores used', 'of the step alone', 'training thread, CPU ms per step',
+       ''),
+      [(what, f'{rate:,.0f}' if rate else None, f'{cores:.2f}' if cores else None,
+        f'{of_step:.1%}' if of_step else None,
+        f'{host_ms:.2f}' if host_ms is not None else None, note)
+       for what, rate, cores, of_step, host_ms, note in rows])
   print(f'\n{time.perf_counter() - start:.0f} s in all.')
 
 

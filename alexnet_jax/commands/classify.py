@@ -23,8 +23,8 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from alexnet_jax import (checkpointing, class_names, color_stats, command_line, errors,
-                         model_record, parallel, train)
+from alexnet_jax import (class_names, color_stats, command_line, distributed, errors, model_record,
+                         orbax_logs, train, workdir_checkpoints)
 from alexnet_jax.data import augment, decode, image_folder
 
 
@@ -40,7 +40,7 @@ class Classifier:
 def load(workdir: str, which: str = 'latest', config=None) -> Classifier:
   """The model of checkpoint `which` of `workdir`, with the config and classes model.json
   records (or `config`, for a workdir that has none)."""
-  parallel.one_host_only('python -m alexnet_jax.commands.classify')
+  distributed.one_host_only('python -m alexnet_jax.commands.classify')
   record = model_record.read(workdir)
   if config is None:
     if record is None:
@@ -49,7 +49,7 @@ def load(workdir: str, which: str = 'latest', config=None) -> Classifier:
           'pass the config it was trained with, e.g. --config=configs/alexnet.py:owt and the '
           'overrides it used.')
     config = record.config
-  params, step = checkpointing.restore_saved_params(workdir, which)
+  params, step = workdir_checkpoints.restore_saved_params(workdir, which)
   num_classes = int(params['fc8']['bias'].shape[0])
   model = train.create_model(config, num_classes)
   aug = color_stats.augmentation(config, workdir)
@@ -135,7 +135,7 @@ def main(argv):
   if len(argv) < 2:
     sys.exit('usage: python -m alexnet_jax.commands.classify --workdir=DIR [--ten_patches] [--json] '
              'IMAGE_OR_FOLDER...')
-  checkpointing.quiet_orbax_logs()
+  orbax_logs.keep_errors()
   try:
     classifier = load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config)
     paths, failures = image_paths(argv[1:])

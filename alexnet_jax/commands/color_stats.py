@@ -12,14 +12,14 @@ import sys
 import numpy as np
 from absl import flags
 
-from alexnet_jax import color_stats, command_line, data, parallel
+from alexnet_jax import color_stats, command_line, data, distributed
 from alexnet_jax.errors import UserFacingError
 
 
 def compute(config, max_images: int) -> dict:
   """Mean RGB, the eigenvalues and eigenvectors (columns) of the RGB covariance, and the
   mean image."""
-  parallel.one_host_only('python -m alexnet_jax.commands.color_stats')
+  distributed.one_host_only('python -m alexnet_jax.commands.color_stats')
   dataset = data.create(config, config.global_batch_size)
   count, total, outer, images = 0, np.zeros(3), np.zeros((3, 3)), 0
   image_sum = np.zeros((dataset.image_size, dataset.image_size, 3))

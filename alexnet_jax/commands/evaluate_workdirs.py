@@ -18,16 +18,16 @@ from absl import flags, logging
 
 import numpy as np
 
-from alexnet_jax import (checkpointing, color_stats, command_line, config_checks, data, errors,
-                         evaluate, parallel, train)
+from alexnet_jax import (color_stats, command_line, config_checks, data, distributed, errors,
+                         evaluate, per_device, placement, train, workdir_checkpoints)
 from alexnet_jax.data import to_devices
 
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   """{workdir or 'ensemble': metrics}; the ensemble only with several workdirs."""
-  parallel.one_host_only('python -m alexnet_jax.commands.evaluate_workdirs')
+  distributed.one_host_only('python -m alexnet_jax.commands.evaluate_workdirs')
   config_checks.check(config, jax.device_count(), jax.local_device_count())
-  mesh = parallel.make_mesh(model_axis_size=config.model_axis_size)
+  mesh = placement.make_mesh(model_axis_size=config.model_axis_size)
   # The mean each workdir was trained with (its own, with color_stats=computed).
   augs = [color_stats.augmentation(config, workdir) for workdir in workdirs]
   if any(not np.array_equal(a.mean, augs[0].mean) for a in augs):
@@ -36,12 +36,12 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   dataset = data.create(config, config.global_batch_size)
   config_checks.check_classes(config, dataset.num_classes)
   model = train.create_model(config, dataset.num_classes)
-  put = to_devices.for_config(config, mesh, parallel.batch_spec(model, mesh), dataset.jpeg_store)
+  put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh), dataset.jpeg_store)
   template = train.create_train_state(config, model, mesh)
-  eval_step = parallel.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
+  eval_step = per_device.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
   members, results = [], {}
   for workdir in workdirs:
-    params, step = checkpointing.restore_params(workdir, which, template)
+    params, step = workdir_checkpoints.restore_params(workdir, which, template)
     members.append(params)
     results[workdir] = {**evaluate.evaluate(eval_step, [params], dataset, put),
                         'step': step}

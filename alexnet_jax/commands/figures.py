@@ -22,8 +22,8 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from alexnet_jax import (checkpointing, color_stats, command_line, data, errors, parallel,
-                         summaries, train)
+from alexnet_jax import (color_stats, command_line, data, distributed, errors, placement, summaries,
+                         train, workdir_checkpoints)
 from alexnet_jax.data import augment
 
 matplotlib.use('Agg')   # files only, no display
@@ -100,13 +100,13 @@ def _canvas(fig) -> np.ndarray:
 def make_figures(config, workdir: str, which: str, out: str, num_images: int,
                  pool_size: int) -> dict[str, str]:
   """Writes the three PNG files to `out` and their images to TensorBoard; {name: path}."""
-  parallel.one_host_only('python -m alexnet_jax.commands.figures')
-  mesh = parallel.make_mesh()
+  distributed.one_host_only('python -m alexnet_jax.commands.figures')
+  mesh = placement.make_mesh()
   aug = color_stats.augmentation(config, workdir)
   dataset = data.create(config, config.global_batch_size)
   model = train.create_model(config, dataset.num_classes)
   template = train.create_train_state(config, model, mesh)
-  params, step = checkpointing.restore_params(workdir, which, template)
+  params, step = workdir_checkpoints.restore_params(workdir, which, template)
   params = jax.device_get(params)
   names = list(dataset.class_names) or [f'class {i}' for i in range(dataset.num_classes)]
   forward = _forward(model, aug)

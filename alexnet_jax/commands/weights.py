@@ -25,8 +25,9 @@ from absl import flags
 from etils import epath
 from flax.training import train_state
 
-from alexnet_jax import (checkpointing, class_names, command_line, model_record, optim, parallel,
-                         torch_file, torchvision_layout, train)
+from alexnet_jax import (checkpointing, class_names, command_line, distributed, model_record, optim,
+                         orbax_logs, storage, torch_file, torchvision_layout, train,
+                         workdir_checkpoints)
 from alexnet_jax.errors import ConfigError, UserFacingError
 
 IMPORTED_STEP = 0
@@ -35,8 +36,8 @@ IMPORTED_STEP = 0
 def import_weights(source: str, workdir: str, config) -> dict:
   """Writes the state dict in `source` as the checkpoint of step 0 in `workdir`; returns
   what was imported. Everything is read and checked before anything is written."""
-  parallel.one_host_only('python -m alexnet_jax.commands.weights import')
-  root = checkpointing.workdir_path(workdir)
+  distributed.one_host_only('python -m alexnet_jax.commands.weights import')
+  root = storage.workdir_path(workdir)
   for folder in ('checkpoints', 'best'):
     if (root / folder).is_dir() and any((root / folder).iterdir()):
       raise ConfigError(f'{root / folder} already holds checkpoints: import into a new '
@@ -68,7 +69,7 @@ def import_weights(source: str, workdir: str, config) -> dict:
 
 def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
   """Writes checkpoint `which` of an `owt` workdir to `target` in torchvision's layout."""
-  parallel.one_host_only('python -m alexnet_jax.commands.weights export')
+  distributed.one_host_only('python -m alexnet_jax.commands.weights export')
   if config is None:
     record = model_record.read(workdir)
     if record is None:
@@ -80,7 +81,7 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
     raise ConfigError(f"{workdir} holds a {config.model!r} AlexNet; only 'owt' has "
                       "torchvision's layout (the paper's two towers and LRN have no "
                       'torchvision counterpart).')
-  params, step = checkpointing.restore_saved_params(workdir, which)
+  params, step = workdir_checkpoints.restore_saved_params(workdir, which)
   try:
     state_dict = torchvision_layout.to_torchvision(params)
   except torchvision_layout.LayoutError as e:
@@ -97,7 +98,7 @@ def main(argv):
     sys.exit('usage: python -m alexnet_jax.commands.weights import --from=FILE.pth --workdir=DIR\n'
              '       python -m alexnet_jax.commands.weights export --workdir=DIR --to=FILE.pth '
              '[--checkpoint=latest|best|STEP]')
-  checkpointing.quiet_orbax_logs()
+  orbax_logs.keep_errors()
   try:
     if argv[1] == 'import':
       if not FLAGS['from'].value:

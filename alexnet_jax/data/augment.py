@@ -14,11 +14,14 @@ draws do not depend on how the batch is split between devices.
 """
 
 import dataclasses
+import types
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
+
+from alexnet_jax.data import imagenet_color
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -44,6 +47,15 @@ def from_config(config, mean_image: np.ndarray | None = None) -> Augmentation:
                       pca_std=float(config.pca_lighting_std),
                       pca_eigval=np.asarray(config.pca_eigval, np.float32),
                       pca_eigvec=np.asarray(config.pca_eigvec, np.float32))
+
+
+def imagenet(image_size: int) -> Augmentation:
+  """The augmentation of `owt`'s config (configs/alexnet.py's ImageNet statistics) for
+  `image_size` patches: what the benchmarks time, without loading a config."""
+  return from_config(types.SimpleNamespace(
+      image_size=image_size, subtract_mean='pixel', mean_rgb=imagenet_color.MEAN_RGB,
+      std_rgb=imagenet_color.STD_RGB, pca_lighting_std=imagenet_color.PCA_LIGHTING_STD,
+      pca_eigval=imagenet_color.PCA_EIGVAL, pca_eigvec=imagenet_color.PCA_EIGVEC))
 
 
 def example_keys(seed: int, step, rows) -> jax.Array:

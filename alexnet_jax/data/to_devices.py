@@ -11,13 +11,12 @@ it returns.
 """
 
 import jax
-import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from alexnet_jax import parallel
+from alexnet_jax import placement
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.data.host_batch import DecodeSplit, HostBatch
-from alexnet_jax.model_parallel import BATCH_AXIS
+from alexnet_jax.placement import BATCH_AXIS
 
 
 def for_config(config, mesh: Mesh, spec: P, jpeg_store: bool) -> 'ToDevices':
@@ -74,7 +73,7 @@ class ToDevices:
 
   def _put(self, fields: dict) -> dict:
     if self._staging is None:
-      return parallel.shard_batch(fields, self._mesh, self._spec)
+      return placement.shard_batch(fields, self._mesh, self._spec)
     return jax.device_put(
         jax.tree.map(lambda x: jax.make_array_from_process_local_data(self._staging, x), fields),
         self._on_devices)
