@@ -1,21 +1,28 @@
 """The --config flag of main.py and of every command that takes one, and `run(main)`: a
-`--config.FIELD` that the config lacks is answered in one line naming the closest fields.
+`--config.FIELD` that the config lacks is answered in one line naming the closest fields, and
+a config file that is not there, or that refuses its variant, in one line saying so.
 
 ml_collections applies each `--config.FIELD=VALUE` as it parses --config: when absl parses
 the command line in `app.run`, or, for a flag with a default config given no --config, as
 the flag is defined. Either way an unknown FIELD raises AttributeError (KeyError for some
-nested paths), three chained tracebacks deep; both places are caught here.
+nested paths), three chained tracebacks deep; both places are caught here. A missing file
+ml_collections reports only when the config is first read, once training has begun, and an
+error of `get_config` inside absl's usage text; both are checked before absl parses.
 """
 
 import difflib
+import os
+import pathlib
 import re
 import sys
+import traceback
 
 from absl import app, flags
 from ml_collections import config_flags
 from ml_collections.config_flags.config_flags import ConfigFileFlagParser
 
 NAME = 'config'
+_CONFIGS = pathlib.Path(__file__).resolve().parents[1] / 'configs'
 
 
 def define_config_flag(help_string: str, default: str | None = None):
@@ -33,6 +40,7 @@ def run(main) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
+  _exit_if_config_unloadable(argv)
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError):
@@ -44,6 +52,37 @@ def _exit_if_unknown_field(argv: list[str], default: str | None) -> None:
   message = unknown_field_message(argv, default)
   if message is not None:   # otherwise the error is not an unknown field: raised as it came
     sys.exit(f'error: {message}')
+
+
+def _exit_if_config_unloadable(argv: list[str]) -> None:
+  message = unloadable_config_message(argv)
+  if message is not None:
+    sys.exit(f'error: {message}')
+
+
+def unloadable_config_message(argv: list[str]) -> str | None:
+  """Why the --config in `argv` cannot be loaded (its file is missing, or loading it raised),
+  naming the file and line that raised; None if it loads, or `argv` has no --config."""
+  argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)   # --flagfile expanded
+  source = _config_argument(argv)
+  if source is None:
+    return None   # absl says that --config is required
+  path = source.split(':', 1)[0]
+  if not os.path.isfile(path):
+    configs = sorted(os.path.relpath(p) for p in _CONFIGS.glob('*.py'))
+    return (f'--{NAME}={source}: there is no file {path} (relative paths start at '
+            f'{os.getcwd()}); the configs are {", ".join(configs)}, e.g. '
+            f'--{NAME}={configs[0]}:demo.')
+  try:
+    config = ConfigFileFlagParser(NAME).parse(source)
+    hasattr(config, 'keys')   # a file ml_collections could not load raises only when read
+  except (OSError, TypeError, ValueError) as e:
+    # ml_collections re-raises get_config's error as text; the error itself is its context.
+    cause = e.__cause__ or e.__context__ or e
+    frames = traceback.extract_tb(cause.__traceback__)
+    where = f' at {os.path.relpath(frames[-1].filename)}:{frames[-1].lineno}' if frames else ''
+    return f'--{NAME}={source}: {" ".join(str(cause).split())} ({type(cause).__name__}{where})'
+  return None
 
 
 def unknown_field_message(argv: list[str], default: str | None = None) -> str | None:

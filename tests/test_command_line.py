@@ -1,7 +1,9 @@
-"""A --config.FIELD the config lacks, as users type it: one line naming the closest fields."""
+"""A --config.FIELD the config lacks, as users type it: one line naming the closest fields;
+a config file that is not there, or a variant it does not have: one line saying so."""
 
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -59,3 +61,26 @@ def test_fields_that_exist_pass():
   assert 'Traceback' not in result.stderr
   assert '--workdir must have a value' in result.stderr
   assert 'has no field' not in result.stderr
+
+
+@pytest.mark.parametrize('command', [MAIN, COMMAND], ids=['main', 'command'])
+def test_a_config_file_that_is_not_there_is_named_with_the_configs_that_are(command):
+  """ml_collections would report it only when training first reads the config."""
+  args = [a.replace('configs/alexnet.py', 'configs/alexnet_typo.py') for a in command]
+  result = _run(*args)
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert result.stderr.strip().splitlines()[-1].startswith(
+      'error: --config=configs/alexnet_typo.py')
+  assert 'there is no file configs/alexnet_typo.py' in result.stderr
+  assert 'the configs are configs/alexnet.py' in result.stderr
+
+
+def test_an_unknown_variant_is_answered_with_the_configs_own_message():
+  result = _run('main.py', '--config=configs/alexnet.py:dmeo', '--workdir=/nonexistent/w')
+  assert result.returncode == 1
+  assert 'Traceback' not in result.stderr
+  assert re.fullmatch(
+      r"error: --config=configs/alexnet\.py:dmeo: Unknown config variant 'dmeo': use paper, "
+      r'owt, demo, imagenette or torchvision\. \(ValueError at configs/alexnet\.py:\d+\)',
+      result.stderr.strip().splitlines()[-1])
