@@ -30,7 +30,7 @@ def define_config_flag(help_string: str, default: str | None = None):
   try:
     return config_flags.DEFINE_config_file(NAME, default, help_string, lock_config=True)
   except (AttributeError, KeyError):
-    _exit_if_unknown_field(sys.argv, default)
+    _exit_if(unknown_field_message(sys.argv, default))
     raise
 
 
@@ -40,29 +40,22 @@ def run(main) -> None:
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-  _exit_if_config_unloadable(argv)
+  _exit_if(unloadable_config_message(argv))
   try:
     return app.parse_flags_with_usage(argv)
   except (AttributeError, KeyError):
-    _exit_if_unknown_field(argv, None)   # here --config is in argv: it was parsed with them
-    raise
+    _exit_if(unknown_field_message(argv, None))   # here --config is in argv, parsed with it
+    raise   # not an unknown field: raised as it came
 
 
-def _exit_if_unknown_field(argv: list[str], default: str | None) -> None:
-  message = unknown_field_message(argv, default)
-  if message is not None:   # otherwise the error is not an unknown field: raised as it came
-    sys.exit(f'error: {message}')
-
-
-def _exit_if_config_unloadable(argv: list[str]) -> None:
-  message = unloadable_config_message(argv)
+def _exit_if(message: str | None) -> None:
   if message is not None:
     sys.exit(f'error: {message}')
 
 
 def unloadable_config_message(argv: list[str]) -> str | None:
-  """Why the --config in `argv` cannot be loaded (its file is missing, or loading it raised),
-  naming the file and line that raised; None if it loads, or `argv` has no --config."""
+  """Why the --config in `argv` cannot be loaded (its file is missing, or its `get_config`
+  raised), naming the file and line that raised; None if it loads, or `argv` has no --config."""
   argv = flags.FLAGS.read_flags_from_files(argv, force_gnu=False)   # --flagfile expanded
   source = _config_argument(argv)
   if source is None:
@@ -74,11 +67,10 @@ def unloadable_config_message(argv: list[str]) -> str | None:
             f'{os.getcwd()}); the configs are {", ".join(configs)}, e.g. '
             f'--{NAME}={configs[0]}:demo.')
   try:
-    config = ConfigFileFlagParser(NAME).parse(source)
-    hasattr(config, 'keys')   # a file ml_collections could not load raises only when read
-  except (OSError, TypeError, ValueError) as e:
+    ConfigFileFlagParser(NAME).parse(source)
+  except (TypeError, ValueError) as e:
     # ml_collections re-raises get_config's error as text; the error itself is its context.
-    cause = e.__cause__ or e.__context__ or e
+    cause = e.__context__ or e
     frames = traceback.extract_tb(cause.__traceback__)
     where = f' at {os.path.relpath(frames[-1].filename)}:{frames[-1].lineno}' if frames else ''
     return f'--{NAME}={source}: {" ".join(str(cause).split())} ({type(cause).__name__}{where})'
