@@ -32,6 +32,9 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
        f'initialization={config.initialization!r} is unknown: choose one of '
        f'{models.INITIALIZATIONS}.')
   need(config.dtype in DTYPES, f'dtype={config.dtype!r} is unknown: choose one of {DTYPES}.')
+  for field, choices in models.OPTIONS.items():
+    need(config[field] in choices,
+         f'{field}={config[field]!r} is unknown: choose one of {choices}.')
   for field in ('global_batch_size', 'image_size', 'resize_size', 'log_every_steps',
                 'checkpoint_every_steps', 'keep_checkpoints'):
     need(config[field] > 0, f'{field}={config[field]} must be a positive number.')

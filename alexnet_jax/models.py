@@ -4,125 +4,14 @@ Images are NHWC. The layer names are the paper's: conv1..conv5, fc6..fc8.
 """
 
 import dataclasses
-import functools
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-
-class LocalResponseNorm(nn.Module):
-  """The paper's response normalisation across adjacent channels (section 3.3).
-
-  b = a / (bias + alpha * sum_{|j-i| <= depth_radius} a_j^2) ** beta
-
-  alpha is not divided by the window size: this is TensorFlow's
-  `tf.nn.local_response_normalization`, not Caffe's or PyTorch's LRN. With
-  `groups` > 1 the window stops at group boundaries, as on the paper's two
-  GPUs, where each GPU normalised only the maps it held.
-
-  `window_sum` picks how the sum over the window is computed; the numbers are
-  the same. 'auto' picks, when the step is compiled, the faster one for the
-  platform (BENCHMARKS.md): a 0/1 band-matrix product on CPU, where XLA runs
-  it and its gradient 2 to 3 times faster than a windowed sum, and a windowed
-  sum elsewhere (on an H100 the whole paper step is 1.24x faster with it).
-  """
-  depth_radius: int = 2
-  bias: float = 2.0
-  alpha: float = 1e-4
-  beta: float = 0.75
-  groups: int = 1
-  window_sum: str = 'auto'   # 'auto', 'band_matmul' or 'reduce_window'
-
-  @nn.compact
-  def __call__(self, x):
-    dtype = x.dtype
-    x = x.astype(jnp.float32)  # a^2 sums overflow bfloat16's precision budget.
-    channels = x.shape[-1]
-    if channels % self.groups:
-      raise ValueError(f'LRN: {channels} channels do not split into {self.groups} groups.')
-    sums = {name: functools.partial(f, depth_radius=self.depth_radius, groups=self.groups)
-            for name, f in (('band_matmul', _band_matmul_window_sum),
-                            ('reduce_window', _reduce_window_sum))}
-    if self.window_sum == 'auto':
-      window_sum = lax.platform_dependent(x * x, cpu=sums['band_matmul'],
-                                          default=sums['reduce_window'])
-    elif self.window_sum in sums:
-      window_sum = sums[self.window_sum](x * x)
-    else:
-      raise ValueError(f'LRN: unknown window_sum {self.window_sum!r}; choose auto, band_matmul '
-                       'or reduce_window.')
-    return (x * _inverse_power(self.bias + self.alpha * window_sum, self.beta)).astype(dtype)
-
-
-def _band_matmul_window_sum(squares, depth_radius: int, groups: int):
-  """The window sum as one product with a 0/1 band matrix; HIGHEST keeps it float32."""
-  return jnp.matmul(squares, _window_matrix(squares.shape[-1], depth_radius, groups),
-                    precision=lax.Precision.HIGHEST)
-
-
-def _reduce_window_sum(squares, depth_radius: int, groups: int):
-  """The window sum as a sliding sum along the channels of each group."""
-  *batch, channels = squares.shape
-  grouped = squares.reshape(*batch, groups, channels // groups)
-  window = (1,) * (grouped.ndim - 1) + (2 * depth_radius + 1,)
-  padding = [(0, 0)] * (grouped.ndim - 1) + [(depth_radius, depth_radius)]
-  summed = lax.reduce_window(grouped, 0.0, lax.add, window, (1,) * grouped.ndim, padding)
-  return summed.reshape(squares.shape)
-
-
-def _window_matrix(channels: int, depth_radius: int, groups: int) -> np.ndarray:
-  """M[j, i] = 1 where channel j is in channel i's window, within one group."""
-  i = np.arange(channels)
-  group = i // (channels // groups)
-  near = np.abs(i[:, None] - i[None, :]) <= depth_radius
-  return (near & (group[:, None] == group[None, :])).astype(np.float32)
-
-
-def _inverse_power(t, beta: float):
-  """t ** -beta; for the paper's beta = 3/4 as rsqrt(t) * sqrt(rsqrt(t)), cheaper than pow."""
-  if beta == 0.75:
-    r = lax.rsqrt(t)
-    return r * jnp.sqrt(r)
-  return t ** -beta
-
-
-class TowerConv(nn.Module):
-  """A convolution whose channels split into `towers` that never see each other.
-
-  The function and parameters of `nn.Conv(feature_group_count=towers)` (a
-  kernel of shape (k, k, in / towers, features) and a bias), computed as one
-  convolution per tower whose outputs are concatenated, as the paper's two
-  GPUs did. Written this way because XLA's CPU backend runs a grouped
-  convolution and its gradients 4 to 6 times slower than the same
-  convolutions split (`python -m alexnet_jax.commands.benchmark`, BENCHMARKS.md).
-  """
-  features: int
-  kernel_size: int
-  stride: int
-  padding: int
-  towers: int = 1
-  dtype: Any = jnp.float32
-  kernel_init: Any = nn.initializers.lecun_normal()
-  bias_init: Any = nn.initializers.zeros
-
-  @nn.compact
-  def __call__(self, x):
-    k, towers = self.kernel_size, self.towers
-    kernel = self.param('kernel', self.kernel_init, (k, k, x.shape[-1] // towers, self.features),
-                        jnp.float32)
-    bias = self.param('bias', self.bias_init, (self.features,), jnp.float32)
-    x, kernel, bias = nn.dtypes.promote_dtype(x, kernel, bias, dtype=self.dtype)
-    outputs = [
-        lax.conv_general_dilated(x_tower, kernel_tower, (self.stride, self.stride),
-                                 [(self.padding, self.padding)] * 2,
-                                 dimension_numbers=('NHWC', 'HWIO', 'NHWC'))
-        for x_tower, kernel_tower in zip(jnp.split(x, towers, axis=-1),
-                                         jnp.split(kernel, towers, axis=-1))]
-    return (outputs[0] if towers == 1 else jnp.concatenate(outputs, axis=-1)) + bias
+from alexnet_jax import layers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,6 +71,10 @@ _PAPER_BIAS_ONE = ('conv2', 'conv4', 'conv5', 'fc6', 'fc7')
 #   pytorch  PyTorch's default (torchvision's AlexNet): uniform, variance 1/(3 fan_in), biases 0.
 INITIALIZATIONS = ('paper', 'caffe', 'pytorch')
 HIDDEN_UNITS = 4096
+# The rewrites of the step (fields of `AlexNet` and of the config) and their choices, the
+# first of each today's form.
+OPTIONS = {'conv1': layers.CONV1_FORMS, 'max_pool': layers.MAX_POOLS,
+           'lrn_gradient': layers.LRN_GRADIENTS, 'tower_layout': layers.TOWER_LAYOUTS}
 
 
 def _split(features: int, split: int, what: str) -> int:
@@ -222,6 +115,12 @@ class AlexNet(nn.Module):
   initialization: str | None = None   # one of INITIALIZATIONS; None: the variant's own
   model_axis: str | None = None
   model_axis_size: int = 1
+  # Rewrites of the step: each computes the same function otherwise (`layers.py`); their
+  # defaults are the forms measured so far (BENCHMARKS.md, "The step's rewrites").
+  conv1: str = 'direct'             # one of layers.CONV1_FORMS
+  max_pool: str = 'reduce_window'   # one of layers.MAX_POOLS
+  lrn_gradient: str = 'autodiff'    # one of layers.LRN_GRADIENTS
+  tower_layout: str = 'joined'      # one of layers.TOWER_LAYOUTS
 
   def _inits(self, name: str):
     scheme = self.initialization or VARIANTS[self.variant].initialization
@@ -242,6 +141,47 @@ class AlexNet(nn.Module):
       return x
     return lax.all_gather(x, self.model_axis, axis=axis % x.ndim, tiled=True)
 
+  def _check_options(self):
+    for field, choices in OPTIONS.items():
+      if getattr(self, field) not in choices:
+        raise ValueError(f'AlexNet: unknown {field} {getattr(self, field)!r}; choose one of '
+                         f'{choices}.')
+
+  def _convolutions(self, x, v: Variant, split: int, towers_on_devices: bool):
+    """conv1..conv5, each with its ReLU, LRN and pooling: the maps fc6 reads."""
+    # The towers' maps as a list from conv1 to conv5 (one device holding both towers).
+    apart = v.towers if (self.tower_layout == 'apart' and v.towers > 1
+                         and not towers_on_devices) else 0
+    lrn_groups = 1 if apart else v.towers // split if towers_on_devices else v.towers
+    for i, ((k, stride, pad), features, groups) in enumerate(
+        zip(_CONV_GEOMETRY, v.conv_features, v.conv_groups)):
+      name = f'conv{i + 1}'
+      features = _scaled(features, self.width, v.towers)
+      if towers_on_devices:
+        if i > 0 and groups == 1:
+          x = self._gather(x)   # conv3 sees the maps of both towers
+        features, groups = features // split, max(1, groups // split)
+      x = layers.TowerConv(features, k, stride, pad, towers=groups, apart=apart,
+                           space_to_depth=i == 0 and self.conv1 == 'space_to_depth',
+                           dtype=self.dtype, name=name, **self._inits(name))(x)
+      x = ([self._after_conv(part, i, lrn_groups) for part in x] if apart
+           else self._after_conv(x, i, lrn_groups))
+    return jnp.concatenate(x, axis=-1) if apart else x
+
+  def _after_conv(self, x, i: int, lrn_groups: int):
+    """The ReLU, and the LRN and max pooling where the paper has them, after conv`i + 1`."""
+    lrn, pool = VARIANTS[self.variant].lrn and i < 2, i in _POOL_AFTER
+    if pool and not lrn and self.max_pool == 'slices':
+      # The max commutes with the ReLU, values and gradients alike: after the pool the ReLU
+      # touches 4x fewer values.
+      return nn.relu(layers.max_pool(x, _POOL_WINDOW, _POOL_STRIDE, self.max_pool))
+    x = nn.relu(x)
+    if lrn:
+      x = layers.LocalResponseNorm(groups=lrn_groups, gradient=self.lrn_gradient)(x)
+    if pool:
+      x = layers.max_pool(x, _POOL_WINDOW, _POOL_STRIDE, self.max_pool)
+    return x
+
   @nn.compact
   def __call__(self, images, *, train: bool):
     if self.variant not in VARIANTS:
@@ -252,22 +192,8 @@ class AlexNet(nn.Module):
     if towers_on_devices and split != v.towers:
       raise ValueError(f'The {self.variant} AlexNet has {v.towers} towers: it splits over a model '
                        f'axis of {v.towers} devices, not {split}.')
-    x = images.astype(self.dtype)
-    for i, ((k, stride, pad), features, groups) in enumerate(
-        zip(_CONV_GEOMETRY, v.conv_features, v.conv_groups)):
-      name = f'conv{i + 1}'
-      features = _scaled(features, self.width, v.towers)
-      if towers_on_devices:
-        if i > 0 and groups == 1:
-          x = self._gather(x)   # conv3 sees the maps of both towers
-        features, groups = features // split, max(1, groups // split)
-      x = TowerConv(features, k, stride, pad, towers=groups, dtype=self.dtype, name=name,
-                    **self._inits(name))(x)
-      x = nn.relu(x)
-      if v.lrn and i < 2:
-        x = LocalResponseNorm(groups=v.towers // split if towers_on_devices else v.towers)(x)
-      if i in _POOL_AFTER:
-        x = nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID')
+    self._check_options()
+    x = self._convolutions(images.astype(self.dtype), v, split, towers_on_devices)
     if split > 1:
       # fc6 sees every conv5 map (paper) or every example of the devices along the axis (owt).
       x = self._gather(x, axis=-1 if towers_on_devices else 0)

@@ -31,10 +31,13 @@ def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
 
 
 def create_model(config, num_classes: int) -> models.AlexNet:
+  # The step's rewrites compute the same function: a config recorded before they were fields
+  # (an older workdir's model.json) gets the first form of each.
+  options = {field: config.get(field, choices[0]) for field, choices in models.OPTIONS.items()}
   return models.AlexNet(num_classes=num_classes, variant=config.model, width=config.width,
                         dropout_rate=config.dropout_rate,
                         dtype=jnp.dtype(platform.compute_dtype(config.dtype)),
-                        initialization=config.initialization)
+                        initialization=config.initialization, **options)
 
 
 def create_train_state(config, model, mesh, rate_schedule=None) -> train_state.TrainState:

@@ -35,6 +35,13 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # device, as on the paper's two GPUs. With model='owt': its fully connected layers split
   # over that many devices, its convolutions data parallel ("one weird trick").
   config.model_axis_size = 1
+  # Rewrites of the step, each the same function computed otherwise (alexnet_jax/layers.py);
+  # the defaults are today's forms until a GPU measures the others (BENCHMARKS.md, "The step's
+  # rewrites").
+  config.conv1 = 'direct'          # 'space_to_depth': conv1 at stride 1 on 4x4 blocks, 48 channels
+  config.max_pool = 'reduce_window'  # 'slices': the max of nine strided slices, no scatter
+  config.lrn_gradient = 'autodiff'   # 'by_hand': LRN's gradient written out, in float32 (paper)
+  config.tower_layout = 'joined'   # 'apart': the towers' maps joined only before conv3 and fc6
 
   # Data (section 4.1; alexnet_jax/data/__init__.py).
   # A store prepared by `python -m alexnet_jax.commands.prepare` (a name in data_dir, or a path),
