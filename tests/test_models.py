@@ -1,11 +1,15 @@
 """The model against the paper's numbers, and its rewrites against today's forms."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import models
+from alexnet_jax import config_checks, errors, models, per_device, placement, train
+from alexnet_jax.data import augment
+from tests.conftest import tiny_config
 
 
 @pytest.mark.parametrize('variant, expected', [('paper', 60_965_224), ('owt', 61_100_840)])
@@ -107,3 +111,83 @@ def test_dropout_only_in_training():
   train_a = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(2)})
   train_b = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(3)})
   assert np.abs(np.asarray(train_a - train_b)).max() > 0
+
+
+# Every rewrite of the step on (`models.OPTIONS`; the first choice of each is today's form).
+ALL_REWRITES = {'conv1': 'space_to_depth', 'max_pool': 'slices', 'lrn_gradient': 'by_hand',
+                'tower_layout': 'apart'}
+
+
+def test_every_option_keeps_the_parameters_names_and_shapes():
+  """Checkpoints and torchvision's weights load whatever the options."""
+  assert set(ALL_REWRITES) == set(models.OPTIONS)
+  assert all(ALL_REWRITES[field] in choices[1:] for field, choices in models.OPTIONS.items())
+  for variant in models.VARIANTS:
+    shapes = [jax.eval_shape(lambda m=m: m.init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)),
+                                                 train=False))
+              for m in (_narrow(variant), _narrow(variant, **ALL_REWRITES))]
+    assert jax.tree.map(lambda x: x.shape, shapes[0]) == jax.tree.map(lambda x: x.shape,
+                                                                      shapes[1])
+
+
+def test_unknown_options_are_refused_at_start_up_with_their_choices():
+  config = tiny_config()
+  config.conv1, config.tower_layout = 'winograd', 'mixed'
+  with pytest.raises(errors.ConfigError) as raised:
+    config_checks.check(config, num_devices=1)
+  assert "--config.conv1='winograd' is unknown: choose one of ('direct', 'space_to_depth')" in str(
+      raised.value)
+  assert "--config.tower_layout='mixed' is unknown: choose one of ('joined', 'apart')" in str(
+      raised.value)
+  with pytest.raises(ValueError, match=r"unknown max_pool 'scatter'.*'reduce_window', 'slices'"):
+    _narrow(max_pool='scatter').init(jax.random.key(0), jnp.zeros((1, 64, 64, 3)), train=False)
+
+
+@functools.cache
+def _float64_step(model: str, options: tuple) -> tuple:
+  """(loss, parameters before, parameters after) of one train step of the tiny config, dropout
+  on, computed in float64: an order of summation that differs shows below float32's rounding,
+  in which the parameters and their gradients are kept."""
+  config = tiny_config()
+  config.model = model
+  rng = np.random.default_rng(0)
+  batch = {'image': rng.integers(0, 256, (8, 73, 73, 3), dtype=np.uint8),
+           'label': rng.integers(0, 10, 8).astype(np.int32)}
+  with jax.enable_x64(True):
+    mesh = placement.make_mesh(jax.devices()[:1])
+    net = train.create_model(config, 10).clone(dtype=jnp.float64, **dict(options))
+    state = train.create_train_state(config, net, mesh)
+    init = jax.device_get(state.params)
+    step = per_device.make_train_step(net, augment.from_config(config), config.seed, mesh)
+    state, metrics = step(state, placement.shard_batch(batch, mesh))
+    return float(metrics['loss']), init, jax.device_get(state.params)
+
+
+def _rewritten_step_against_todays(model: str, options: dict, tolerance: float):
+  """Each parameter after the step with `options` against today's: equal, or within
+  `tolerance` of the largest change of that parameter in today's step."""
+  loss, init, ref = _float64_step(model, ())
+  ours_loss, _, ours = _float64_step(model, tuple(sorted(options.items())))
+  assert ours_loss == loss
+  for (path, a), b, start in zip(jax.tree_util.tree_leaves_with_path(ours), jax.tree.leaves(ref),
+                                 jax.tree.leaves(init), strict=True):
+    assert a.dtype == np.float32 and np.abs(b - start).max() > 0, path
+    if tolerance:
+      assert np.abs(a - b).max() <= tolerance * np.abs(b - start).max(), path
+    else:
+      np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+
+
+def test_owt_step_with_conv1_on_blocks_and_the_pool_of_slices_is_todays_bit_for_bit():
+  _rewritten_step_against_todays('owt', {'conv1': 'space_to_depth', 'max_pool': 'slices'}, 0)
+
+
+def test_paper_step_with_every_rewrite_is_todays_within_float32_lrn_rounding():
+  """LRN's gradient is float32 either way (by autodiff or by hand), and rounds differently."""
+  _rewritten_step_against_todays('paper', ALL_REWRITES, 1e-3)
+
+
+@pytest.mark.slow
+def test_paper_step_with_every_rewrite_but_lrns_is_todays_bit_for_bit():
+  _rewritten_step_against_todays(
+      'paper', {k: v for k, v in ALL_REWRITES.items() if k != 'lrn_gradient'}, 0)
