@@ -3,8 +3,9 @@
 import jax
 import numpy as np
 import optax
+import pytest
 
-from alexnet_jax import per_device, train
+from alexnet_jax import models, per_device, train
 from alexnet_jax.data import augment
 
 
@@ -33,3 +34,41 @@ def reference_sgd(config, params, batches):
                             velocity, params, grads)
     params = jax.tree.map(lambda w, v: w + v, params, velocity)
   return params, losses, norms
+
+
+# Every rewrite of the step on (`models.OPTIONS`; the first choice of each is today's form).
+ALL_REWRITES = {'conv1': 'space_to_depth', 'max_pool': 'slices', 'lrn_gradient': 'by_hand',
+                'tower_layout': 'apart'}
+# The rewrites that change how `model` is computed (owt has no LRN and one tower).
+REWRITES_OF = {'owt': ('conv1', 'max_pool'), 'paper': tuple(ALL_REWRITES)}
+
+
+def rewrite_cases():
+  """pytest params (model, options): every rewrite at once for each model, then each alone
+  (slow)."""
+  every = [pytest.param(model, {k: ALL_REWRITES[k] for k in fields}, id=f'{model}-all')
+           for model, fields in REWRITES_OF.items()]
+  alone = [pytest.param(model, {field: ALL_REWRITES[field]}, id=f'{model}-{field}',
+                        marks=pytest.mark.slow)
+           for model, fields in REWRITES_OF.items() for field in fields]
+  return every + alone
+
+
+def todays(config):
+  """A copy of `config` with today's form of every rewrite: the reference's."""
+  config = config.copy_and_resolve_references()
+  for field, choices in models.OPTIONS.items():
+    config[field] = choices[0]
+  return config
+
+
+def assert_same_updates(params, ref_params, init):
+  """Each parameter's change from `init` equals the reference's, which is not zero."""
+  for (path, value), ref, start in zip(jax.tree_util.tree_leaves_with_path(params),
+                                       jax.tree.leaves(ref_params), jax.tree.leaves(init),
+                                       strict=True):
+    update, ref_update = value - start, ref - start
+    assert np.abs(ref_update).max() > 0, jax.tree_util.keystr(path)
+    np.testing.assert_allclose(update, ref_update, rtol=1e-3,
+                               atol=1e-4 * np.abs(ref_update).max(),
+                               err_msg=jax.tree_util.keystr(path))

@@ -10,6 +10,7 @@ import pytest
 from alexnet_jax import config_checks, errors, models, per_device, placement, train
 from alexnet_jax.data import augment
 from tests.conftest import tiny_config
+from tests.reference import ALL_REWRITES
 
 
 @pytest.mark.parametrize('variant, expected', [('paper', 60_965_224), ('owt', 61_100_840)])
@@ -111,11 +112,6 @@ def test_dropout_only_in_training():
   train_a = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(2)})
   train_b = model.apply(variables, images, train=True, rngs={'dropout': jax.random.key(3)})
   assert np.abs(np.asarray(train_a - train_b)).max() > 0
-
-
-# Every rewrite of the step on (`models.OPTIONS`; the first choice of each is today's form).
-ALL_REWRITES = {'conv1': 'space_to_depth', 'max_pool': 'slices', 'lrn_gradient': 'by_hand',
-                'tower_layout': 'apart'}
 
 
 def test_every_option_keeps_the_parameters_names_and_shapes():
