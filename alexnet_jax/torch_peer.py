@@ -81,7 +81,9 @@ def images_per_s(mode: str, device: str, dtype: str, batch: int, image_size: int
     return torch.nn.functional.cross_entropy(logits, labels)
 
   if mode == 'compile':
-    loss_of = torch.compile(loss_of)   # the forward and, through AOTAutograd, the backward
+    # The forward and, through AOTAutograd, the backward. Static shapes: a second batch size
+    # timed in the same process compiles for its own shape, not for any.
+    loss_of = torch.compile(loss_of, dynamic=False)
 
   def step():
     with torch.autocast(device.type, dtype=torch.bfloat16, enabled=dtype == 'bfloat16'):

@@ -11,7 +11,7 @@ import pytest
 
 from alexnet_jax import models
 from alexnet_jax.benchmarking import photo_like
-from alexnet_jax.commands import benchmark
+from alexnet_jax.commands import benchmark, benchmark_step_rewrites
 from alexnet_jax.data import augment, loader, prepare, store
 from configs import alexnet
 from tests.conftest import write_image_folder
@@ -19,9 +19,11 @@ from tests.conftest import write_image_folder
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 
-def test_benchmark_imports_no_tensorflow():
+@pytest.mark.parametrize('command', ['benchmark', 'benchmark_step_rewrites'])
+def test_benchmark_imports_no_tensorflow(command):
   # The GPU machines it is meant for have JAX but no TensorFlow.
-  code = 'import sys, alexnet_jax.commands.benchmark; assert "tensorflow" not in sys.modules, sorted(sys.modules)'
+  code = (f'import sys, alexnet_jax.commands.{command}; '
+          'assert "tensorflow" not in sys.modules, sorted(sys.modules)')
   subprocess.run([sys.executable, '-c', code], cwd=ROOT, check=True, timeout=120)
 
 
@@ -43,14 +45,18 @@ def _taps(size: int, kernel: int, stride: int, padding: int) -> int:
   return sum(1 for i in range(out) for t in range(kernel) if 0 <= stride * i - padding + t < size)
 
 
-def test_forward_flops_match_a_hand_count_of_torchvisions_alexnet():
+def _owt_macs() -> int:
+  """Multiply-adds of torchvision's AlexNet on one 224x224 image, counted by hand."""
   convs = [(224, 11, 4, 2, 3, 64), (27, 5, 1, 2, 64, 192), (13, 3, 1, 1, 192, 384),
            (13, 3, 1, 1, 384, 256), (13, 3, 1, 1, 256, 256)]
   macs = sum(_taps(n, k, s, p) ** 2 * c_in * c_out for n, k, s, p, c_in, c_out in convs)
-  macs += 9216 * 4096 + 4096 * 4096 + 4096 * 1000
+  return macs + 9216 * 4096 + 4096 * 4096 + 4096 * 1000
+
+
+def test_forward_flops_match_a_hand_count_of_torchvisions_alexnet():
   # 658 million multiply-adds; the usual 714 million also counts the taps on zero padding.
   flops = benchmark.forward_flops(models.AlexNet(variant='owt'), 224)
-  assert abs(flops / (2 * macs) - 1) < 0.01   # biases, ReLUs and pooling are the rest
+  assert abs(flops / (2 * _owt_macs()) - 1) < 0.01   # biases, ReLUs and pooling are the rest
 
 
 def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
@@ -128,3 +134,61 @@ def test_photo_like_images_weigh_what_photos_weigh_as_stored_jpegs():
     square = Image.fromarray(image[:, 62:437]).resize((256, 256), Image.BILINEAR)
     sizes.append(len(store.encode_record(0, np.asarray(square), 'jpeg', 90)))
   assert 11_000 < np.median(sizes) < 31_000 and min(sizes) > 8_000 and max(sizes) < 40_000
+
+
+def _rewrites_round(*flags) -> list[str]:
+  command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark_step_rewrites', '--smoke',
+             *flags]
+  return subprocess.run(command, cwd=ROOT, check=True, capture_output=True, text=True,
+                        timeout=900).stdout.splitlines()
+
+
+def _table(lines) -> list[list[str]]:
+  """The final markdown table's rows, as cells."""
+  start = lines.index('| ' + ' | '.join(benchmark_step_rewrites.HEADER) + ' |')
+  return [line.strip('| ').split(' | ') for line in lines[start + 2:] if line.startswith('| ')]
+
+
+def _assert_torch_line(lines):
+  torch_lines = [line for line in lines if line.startswith('torch.compile')]
+  if importlib.util.find_spec('torch') is None:
+    assert torch_lines == ['torch.compile: not timed, torch and torchvision are not installed '
+                           '(pip install torch torchvision to time it)']
+  else:
+    assert len(torch_lines) == 1 and 'images/s' in torch_lines[0], torch_lines
+
+
+def test_rewrites_round_smoke_times_and_checks_each_owt_row_and_lists_kernels():
+  lines = _rewrites_round('--models=owt', '--owt_large_batch=0')
+  _assert_torch_line(lines)
+  rows = _table(lines)
+  assert [row[2] for row in rows] == ['today', 'conv1=space_to_depth', 'max_pool=slices', 'all']
+  assert all(float(row[3].replace(',', '')) > 0 for row in rows)
+  assert rows[0][-1] == 'the reference' and all(row[-1].startswith('ok: ') for row in rows[1:])
+  # The kernels of today's step and of the fastest one, read from a trace.
+  titles = [line for line in lines if line.startswith('owt, batch 4, ')]
+  assert titles[0].startswith('owt, batch 4, today: ') and 1 <= len(titles) <= 2
+  assert lines[lines.index(titles[0]) + 1] in ('| kernel | ms per step | share |',
+                                               'The trace holds no kernel events.')
+
+
+@pytest.mark.slow
+def test_rewrites_round_smoke_runs_every_row_of_both_models():
+  rows = _table(_rewrites_round())
+  expected = ['today', 'conv1=space_to_depth', 'max_pool=slices', 'lrn_gradient=by_hand',
+              'tower_layout=apart', 'all']
+  assert [(row[0], row[1], row[2]) for row in rows] == (
+      [('owt', '4', name) for name in ('today', *expected[1:3], 'all')] +
+      [('owt', '8', 'today'), ('owt', '8', 'all')] + [('paper', '4', name) for name in expected])
+  assert all(row[-1].startswith('ok: ') for row in rows if row[2] != 'today')
+
+
+def test_rewrites_round_counts_the_models_own_flops_not_the_blocks_zero_taps():
+  args = benchmark_step_rewrites._parse_args([])
+  per_image = benchmark_step_rewrites.train_flops_per_image(args, 'owt')
+  assert abs(per_image / (3 * 2 * _owt_macs()) - 1) < 0.01
+  # What XLA counts for conv1 on blocks: every tap of the 3x3x48 kernel at each of the 55x55
+  # outputs, where the model's own conv1 has the 11x11x3 taps inside the image.
+  on_blocks = benchmark.forward_flops(models.AlexNet(variant='owt', conv1='space_to_depth'), 224)
+  zero_taps = 2 * 64 * (55 * 55 * 3 * 3 * 48 - 3 * _taps(224, 11, 4, 2) ** 2)
+  assert on_blocks - benchmark.forward_flops(models.AlexNet(variant='owt'), 224) == zero_taps

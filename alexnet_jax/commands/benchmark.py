@@ -52,7 +52,7 @@ KNOWN_PEAKS = {
 SGD = {'learning_rate': 0.01, 'momentum': 0.9, 'weight_decay': 5e-4}   # the paper's, both steps
 
 
-def _peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
+def peak_flops(dtype: str, peak_tflops: float | None) -> float | None:
   if peak_tflops:
     return peak_tflops * 1e12 * jax.local_device_count()
   kind = jax.local_devices()[0].device_kind
@@ -94,7 +94,7 @@ def _memory(compiled, devices) -> tuple[str, float | None]:
   return 'plan', planned / 2**30
 
 
-def _median_step_time(step, state, batch, steps: int, repeats: int):
+def median_step_time(step, state, batch, steps: int, repeats: int):
   """Median over `repeats` of (time of `steps` steps) / steps, and the last state."""
   times = []
   for _ in range(repeats):
@@ -127,10 +127,10 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   for _ in range(warmup):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
-  step_s, state = _median_step_time(compiled, state, batch, steps, repeats)
+  step_s, state = median_step_time(compiled, state, batch, steps, repeats)
   memory_kind, memory_gib = _memory(compiled, devices)
   train_flops = 3 * forward_flops(model, image_size) * global_batch  # backward ~ 2x forward
-  peak = _peak_flops(dtype, peak_tflops)
+  peak = peak_flops(dtype, peak_tflops)
   return {
       'images_per_s': global_batch / step_s,
       'step_ms': step_s * 1e3,
