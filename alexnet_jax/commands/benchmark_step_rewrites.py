@@ -12,7 +12,7 @@ of today's step and of the fastest one, from a profiler trace (`benchmarking/ker
 then one markdown table. MFU counts the FLOPs of today's model, not the zero taps of conv1's
 kernel padded for its blocks. `--smoke` runs the round small, on the CPU.
 
-  python -m alexnet_jax.commands.benchmark_step_rewrites        # about 5 minutes on an H100
+  python -m alexnet_jax.commands.benchmark_step_rewrites   # meant to fit 6 minutes on an H100
 """
 
 import argparse
