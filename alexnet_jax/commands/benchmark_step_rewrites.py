@@ -97,14 +97,15 @@ def _torch_json(args) -> None:
 class Row:
   """One model's step with some rewrites on one device, compiled, and its first step."""
 
-  def __init__(self, args, variant: str, options: dict, batch: dict):
-    self.mesh = placement.make_mesh(jax.local_devices()[:1])
+  def __init__(self, args, variant: str, options: dict, batch: dict, initial):
+    """`initial`: the model's initial train state (`initial_state`), the same whatever the
+    options."""
+    mesh = placement.make_mesh(jax.local_devices()[:1])
     model = models.AlexNet(num_classes=args.num_classes, variant=variant, width=args.width,
                            dtype=jnp.dtype(args.dtype), **options)
-    self._initial = placement.init_train_state(model, optim.paper_sgd(**benchmark.SGD),
-                                               args.image_size, 0, self.mesh)
-    step = per_device.make_train_step(model, augment.imagenet(args.image_size), 0, self.mesh)
-    self.batch = placement.shard_batch(batch, self.mesh)
+    self._initial = initial
+    step = per_device.make_train_step(model, augment.imagenet(args.image_size), 0, mesh)
+    self.batch = placement.shard_batch(batch, mesh)
     start = time.perf_counter()
     self.step = step.lower(self._initial, self.batch).compile()
     self.compile_s = time.perf_counter() - start
@@ -134,6 +135,13 @@ class Row:
       jax.block_until_ready((state, metrics))
 
     return kernels.traced_kernels(run, steps)
+
+
+def initial_state(args, variant: str):
+  """The train state every row of `variant` starts from, on the first device."""
+  model = models.AlexNet(num_classes=args.num_classes, variant=variant, width=args.width)
+  return placement.init_train_state(model, optim.paper_sgd(**benchmark.SGD), args.image_size, 0,
+                                    placement.make_mesh(jax.local_devices()[:1]))
 
 
 def _flat(params) -> np.ndarray:
@@ -175,9 +183,10 @@ def run_rows(args, torch_rates: dict[int, float]) -> list[list[str]]:
   cells, group, peak = [], {}, benchmark.peak_flops(args.dtype, args.peak_tflops)
   peak = peak / jax.local_device_count() if peak else None   # one device's
   flops = {v: train_flops_per_image(args, v) for v in args.models.split(',')}
-  rows = rows_of(args)
+  rows, initial = rows_of(args), {}
   for i, (variant, batch, name, options) in enumerate(rows):
-    row = Row(args, variant, options, _batch(args, batch))
+    initial = initial if variant in initial else {variant: initial_state(args, variant)}
+    row = Row(args, variant, options, _batch(args, batch), initial[variant])
     init = _flat(row.init().params)
     first = row.first_step()
     if name == 'today':
