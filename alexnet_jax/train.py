@@ -22,7 +22,7 @@ from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors
                          init_from, loop_timers, model_record, models, optim, per_device,
                          placement, platform, progress, storage, summaries, train_metrics)
 from alexnet_jax import preemption as preemption_lib
-from alexnet_jax.data import to_devices
+from alexnet_jax.data import decode_share, to_devices
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -72,10 +72,12 @@ class LoopState:
   best_top1_error: float | None = None   # the lowest validation top-1 error so far ...
   best_step: int | None = None           # ... and its step
   pending_eval: bool = False   # saved before its step's evaluation ended: evaluate it first
+  decode_host_rows: int | None = None   # of each device's rows, the host's (decode_share.py)
 
   def saved(self) -> dict:
     return {'plateau': self.plateau.state_dict(), 'best_top1_error': self.best_top1_error,
-            'best_step': self.best_step, 'pending_eval': self.pending_eval}
+            'best_step': self.best_step, 'pending_eval': self.pending_eval,
+            'decode_host_rows': self.decode_host_rows}
 
   def load(self, saved: dict) -> None:
     """Takes the state `saved` returned (checkpoints of earlier versions lack its later
@@ -84,6 +86,7 @@ class LoopState:
     self.best_top1_error = saved.get('best_top1_error')
     self.best_step = saved.get('best_step')
     self.pending_eval = saved.get('pending_eval', False)
+    self.decode_host_rows = saved.get('decode_host_rows')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +155,8 @@ class _Run:
                             config.profile_steps)
     self.put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh),
                                      dataset.jpeg_store)
+    self.loop_state.decode_host_rows = decode_share.settle(
+        self.put, dataset, self.start_step, self.loop_state.decode_host_rows)
     self.metrics_log = train_metrics.MetricsLog(
         self.writer, steps_per_epoch,
         progress.Progress(self.start_step, self.num_steps, config.global_batch_size))

@@ -25,7 +25,8 @@ carry the stored JPEG's bytes instead of pixels: the host only reads them.
 
 Batches are `host_batch.HostBatch`es. Given `put` (host batch -> device batch,
 `to_devices.py`), a background thread calls it on each batch two steps ahead,
-so the training thread only dispatches steps.
+so the training thread only dispatches steps; a `put` with K lanes puts K
+batches at once (`put.stream`, `in_flight.py`).
 """
 
 import abc
@@ -185,8 +186,9 @@ def _iterate(batches: BatchReader, numbers: grain.MapDataset, reading: Reading,
   # Never waiting on each other: while the trainer waits for batch b, its decoders hold b's
   # slot and at most `threads` newer ones (grain's prefetch keeps threads + 1 batches under
   # way), and the trainer at most `_LENDABLE` older ones.
-  slots = dict(layout=batches.layout, slots=reading.threads + 1 + _LENDABLE,
-               lendable=_LENDABLE)
+  # Each batch put at once past the first holds one more slot (`in_flight.py`).
+  lendable = _LENDABLE + getattr(put, 'in_flight', 1) - 1
+  slots = dict(layout=batches.layout, slots=reading.threads + 1 + lendable, lendable=lendable)
   if reading.workers == 0:
     pools = [shared_batches.LocalSlots(**slots)]
     batches.local = pools[0]
@@ -200,10 +202,14 @@ def _iterate(batches: BatchReader, numbers: grain.MapDataset, reading: Reading,
         grain.MultiprocessingOptions(num_workers=reading.workers),
         worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in pools]))
   dataset = dataset.map(functools.partial(_lend, pools, on_skip))
-  if put is not None:
-    dataset = grain.experimental.ThreadPrefetchIterDataset(
-        dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH)
-  return _closing(iter(dataset), pools, hold_signals=reading.workers > 0)
+  if put is not None and getattr(put, 'in_flight', 1) > 1:
+    start = lambda: put.stream(iter(dataset))   # noqa: E731
+  elif put is not None:
+    start = lambda: iter(grain.experimental.ThreadPrefetchIterDataset(   # noqa: E731
+        dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH))
+  else:
+    start = lambda: iter(dataset)   # noqa: E731
+  return _closing(start, pools, hold_signals=reading.workers > 0)
 
 
 def _lend(pools, on_skip, handle: dict) -> HostBatch:
@@ -218,12 +224,17 @@ def _lend(pools, on_skip, handle: dict) -> HostBatch:
   return HostBatch.from_arrays(pools[handle['ring']].lend(handle['slot']))
 
 
-def _closing(iterator, pools, hold_signals: bool) -> Iterator:
+def _closing(start, pools, hold_signals: bool) -> Iterator:
+  """The batches of the iterator start() makes, once the first is asked for; closing it
+  closes the pools, then the iterator."""
+  iterator = None
   try:
-    # The first batch starts grain's threads, and they the decoding processes: started with
-    # SIGINT and SIGTERM held, those inherit them held, and the trainer alone answers a Ctrl-C
-    # or a preemption (its handler runs once the first batch is here).
+    # The first batch starts grain's threads (and those of `put.stream`), and they the
+    # decoding processes: started with SIGINT and SIGTERM held, those inherit them held, and
+    # the trainer alone answers a Ctrl-C or a preemption (its handler runs once the first
+    # batch is here).
     with _signals_held(hold_signals):
+      iterator = start()
       first = next(iterator, None)
     if first is None:
       return
@@ -234,7 +245,8 @@ def _closing(iterator, pools, hold_signals: bool) -> Iterator:
     # A decoder waiting for a free slot wakes to the end of its pool, and stops.
     for pool in pools:
       pool.close()
-    iterator.close()   # ends the worker processes now rather than at garbage collection
+    if iterator is not None:
+      iterator.close()   # ends the worker processes now rather than at garbage collection
 
 
 @contextlib.contextmanager
