@@ -51,9 +51,10 @@ def settle(put, dataset, start_step: int, saved: int | None) -> int | None:
 
 def split_rows(per_device: int, host_rate: float, gpu_rate: float) -> int:
   """The host's rows of a device's block of `per_device`: its share of the two rates, to the
-  nearest multiple of ROW_MULTIPLE (the whole block at most)."""
-  share = host_rate / (host_rate + gpu_rate)
-  return min(per_device, ROW_MULTIPLE * round(share * per_device / ROW_MULTIPLE))
+  nearest multiple of ROW_MULTIPLE or the whole block (the fewer rows on a tie)."""
+  wanted = per_device * host_rate / (host_rate + gpu_rate)
+  choices = sorted({*range(0, per_device, ROW_MULTIPLE), per_device})
+  return min(choices, key=lambda rows: abs(rows - wanted))
 
 
 def measure(put, dataset, start_step: int,
