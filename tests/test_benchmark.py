@@ -128,3 +128,41 @@ def test_photo_like_images_weigh_what_photos_weigh_as_stored_jpegs():
     square = Image.fromarray(image[:, 62:437]).resize((256, 256), Image.BILINEAR)
     sizes.append(len(store.encode_record(0, np.asarray(square), 'jpeg', 90)))
   assert 11_000 < np.median(sizes) < 31_000 and min(sizes) > 8_000 and max(sizes) < 40_000
+
+
+def test_the_gpu_round_runs_on_the_cpu_with_the_stand_in_decoder(tmp_path):
+  """`benchmark_gpu_feed --smoke`: every row of the round, on a small store, with no
+  TensorFlow, clu or ml_collections imported."""
+  folder = write_image_folder(tmp_path / 'images', train=12)
+  store = tmp_path / 'store'
+  prepare.prepare(f'image_folder:{folder}', str(store),
+                  prepare.Options(size=72, images_per_shard=16, workers=0), progress=False)
+  code = ('import runpy, sys; sys.argv = sys.argv[1:]; '
+          'runpy.run_module("alexnet_jax.commands.benchmark_gpu_feed", run_name="__main__"); '
+          'banned = [m for m in ("tensorflow", "clu", "ml_collections") if m in sys.modules]; '
+          'assert not banned, banned')
+  output = subprocess.run(
+      [sys.executable, '-c', code, 'benchmark_gpu_feed', '--smoke', f'--store={store}',
+       '--overlapped=2'],
+      cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
+  rows = [line.split(' | ') for line in output.splitlines()
+          if line.startswith('| ') and not line.startswith('| what |')]
+  assert [row[0] for row in rows] == [
+      '| decoder alone: hardware engines, 16 rows',
+      '| decoder alone: CUDA decoder, Huffman on the host, 16 rows',
+      '| decoder alone: CUDA decoder, Huffman on the GPU (threshold 0), 16 rows',
+      '| 1 decoder at once (hardware engines), 8 rows',
+      '| 2 decoders at once (hardware engines), 8 rows',
+      '| 1 decoder at once (hardware engines), 16 rows',
+      '| 2 decoders at once (hardware engines), 16 rows',
+      '| owt step alone, batch 16', '| owt step beside 2 decoders at once',
+      '| owt: step alone', '| owt: the loop, the host decoding, 1 thread in this process',
+      '| owt: the loop, the host decoding, 2 threads in this process',
+      '| owt: the loop, one batch at a time, half the rows on the host',
+      '| owt: the loop, 2 batches at once, the measured split',
+      '| input alone: the host decoding, 1 thread in this process',
+      '| input alone: 2 batches at once, the measured split']
+  assert all(float(row[1].replace(',', '')) > 0 for row in rows)
+  # The stand-in decodes with libjpeg-turbo: its pixels are the host's.
+  assert all(row[-1].startswith('from libjpeg-turbo: 0 at most') for row in rows[:3])
+  assert 'rows on the host' in rows[-1][-1]

@@ -110,11 +110,14 @@ def step_alone(step: Step, size: int, batch: int, steps: int, warmup: int):
 
 
 def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader.Reading,
-         steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0):
+         steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0,
+         decoders=None):
   """(images/s, cores used, training thread's CPU ms per step) of the loader's batches,
   copied to the devices on its background thread (and with `decoder` their JPEGs decoded
-  there, but `host_share` of each device's rows), trained on."""
-  batches = _on_devices(step, split, size, batch, reading, staging, decoder, host_share)
+  there, but `host_share` of each device's rows; with `decoders`, len(decoders) batches at
+  once), trained on."""
+  batches = _on_devices(step, split, size, batch, reading, staging,
+                        decoders or ([decoder] if decoder else None), host_share)
   try:
     clock = step.run(batches, steps, warmup)
   finally:
@@ -123,19 +126,21 @@ def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader
 
 
 def _on_devices(step: Step, split: loader.Split, size: int, batch: int,
-                reading: loader.Reading, staging: str, decoder, host_share: float):
+                reading: loader.Reading, staging: str, decoders, host_share: float):
   """The loader's batches of `split`, put on `step`'s devices as the trainer puts them."""
-  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoder=decoder, host_batch=batch,
-                             host_share=host_share)
+  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoders=decoders,
+                             host_batch=batch, host_share=host_share)
   return _data(split, size, batch, reading).train_batches(0, put=put, split=put.decode_split)
 
 
 def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
-                     reading: loader.Reading, steps: int, warmup: int, decoder,
-                     host_share: float = 0.0):
+                     reading: loader.Reading, steps: int, warmup: int, decoder=None,
+                     host_share: float = 0.0, decoders=None):
   """(images/s, cores used, None) of the loader's batches put on the devices, decoded there
-  by `decoder` (but `host_share` of each device's rows), without a step."""
-  batches = _on_devices(step, split, size, batch, reading, 'auto', decoder, host_share)
+  by `decoder` (but `host_share` of each device's rows; with `decoders`, len(decoders)
+  batches at once), without a step."""
+  batches = _on_devices(step, split, size, batch, reading, 'auto',
+                        decoders or ([decoder] if decoder else None), host_share)
   try:
     for _ in range(warmup):
       next(batches)
