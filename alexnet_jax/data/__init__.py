@@ -6,7 +6,8 @@
                  from a source by `python -m alexnet_jax.commands.prepare`
   loader.py      per-host batches (host_batch.py) of S x S uint8 images, shuffled, decoded by
                  worker processes, or of the JPEG bytes of the rows the devices decode
-  to_devices.py  host batch -> the batch on the devices; gpu_decode.py decodes JPEGs there
+  to_devices.py  host batch -> the batch on the devices; gpu_decode.py decodes JPEGs there,
+                 in_flight.py several batches at once, decode_share.py splits the rows
   augment.py     on the device, inside the jitted step: the paper's patches, reflections,
                  PCA lighting and mean subtraction
 
