@@ -11,14 +11,15 @@ import pytest
 
 from alexnet_jax import placement
 from alexnet_jax.benchmarking import stand_in
-from alexnet_jax.data import decode_share, loader, to_devices
+from alexnet_jax.data import decode_share, in_flight, loader, to_devices
 
-SIZE, BATCH, IMAGES = 64, 64, 64 * 40   # small JPEGs, within the room a row has for bytes
-# Per image: the host's wait and the stand-in GPU's. With 2 loader threads and 2 lanes the
-# two rates are equal, and a batch split half and half takes 64 ms of waiting on either side.
-HOST_S = GPU_S = 0.002
+SIZE, BATCH, IMAGES = 64, 32, 64 * 40   # small JPEGs, within the room a row has for bytes
+# Per image: the host's wait and the stand-in GPU's, long beside the CPU work of a batch. With
+# 2 loader threads and 2 lanes the two rates are equal, and a batch split half and half takes
+# 64 ms of waiting on either side.
+HOST_S = GPU_S = 0.004
 K = 2
-WARMUP, TIMED = 2, 12
+WARMUP, TIMED, ROUNDS = 2, 10, 2
 
 
 class _Repeated(stand_in.SleepingSource):
@@ -68,23 +69,25 @@ def _timed(stream, keep=None) -> float:
 
 def test_k_batches_at_once_feed_at_the_host_and_the_gpu_added_up():
   data = _data()
-  host = _timed(data.train_batches(0))
-  all_gpu = _put(K, host_rows=0)
-  gpu = _timed(data.train_batches(0, put=all_gpu, split=all_gpu.decode_split))
-  host_rows = decode_share.split_rows(BATCH // 2, host, gpu)
-  assert 8 <= host_rows <= 24, (host, gpu)
-  concurrency = stand_in.Concurrency()
-  overlapped_put = _put(K, host_rows, concurrency)
-  overlapped_batches, synchronous_batches = [], []
-  overlapped = _timed(data.train_batches(0, put=overlapped_put,
-                                         split=overlapped_put.decode_split),
-                      overlapped_batches)
-  synchronous_put = _put(1, host_rows)
-  synchronous = _timed(data.train_batches(0, put=synchronous_put,
-                                          split=synchronous_put.decode_split),
-                       synchronous_batches)
-  figures = dict(host=host, gpu=gpu, overlapped=overlapped, synchronous=synchronous,
-                 host_rows=host_rows)
+  host_rows = BATCH // 4   # half of each device's rows: the two sides wait alike
+  rates = {'host': [], 'gpu': [], 'overlapped': [], 'synchronous': []}
+  for _ in range(ROUNDS):   # in turns, the best of each: a busy spell slows one round only
+    rates['host'].append(_timed(data.train_batches(0)))
+    all_gpu = _put(K, host_rows=0)
+    rates['gpu'].append(_timed(data.train_batches(0, put=all_gpu, split=all_gpu.decode_split)))
+    concurrency = stand_in.Concurrency()
+    overlapped_put = _put(K, host_rows, concurrency)
+    overlapped_batches, synchronous_batches = [], []
+    rates['overlapped'].append(_timed(
+        data.train_batches(0, put=overlapped_put, split=overlapped_put.decode_split),
+        overlapped_batches))
+    synchronous_put = _put(1, host_rows)
+    rates['synchronous'].append(_timed(
+        data.train_batches(0, put=synchronous_put, split=synchronous_put.decode_split),
+        synchronous_batches))
+  host, gpu, overlapped, synchronous = (max(r) for r in rates.values())
+  figures = dict(host=host, gpu=gpu, overlapped=overlapped, synchronous=synchronous)
+  assert decode_share.split_rows(BATCH // 2, host, gpu) == host_rows, figures
   assert overlapped >= 0.85 * (host + gpu), figures
   assert overlapped >= 1.3 * max(host, gpu), figures
   # One batch at a time: at best a batch per wait of the GPU for its rows.
@@ -125,9 +128,44 @@ def test_an_error_in_batch_n_is_raised_at_batch_n_and_close_joins_every_thread()
 
 def test_closing_a_stream_in_full_flow_joins_every_thread():
   data = _data()
-  put = _put(4, host_rows=16)
+  put = _put(4, host_rows=8)
   stream = data.train_batches(0, put=put, split=put.decode_split)
   next(stream)
   assert len(_lane_threads()) == 4
   stream.close()
   assert not _lane_threads()
+
+
+class _Held:
+  """A host batch that counts how many of its kind are alive."""
+  alive = most = 0
+  lock = threading.Lock()
+
+  def __init__(self, number):
+    self.number = number
+    with _Held.lock:
+      _Held.alive += 1
+      _Held.most = max(_Held.most, _Held.alive)
+
+  def __del__(self):
+    with _Held.lock:
+      _Held.alive -= 1
+
+
+def test_results_come_in_order_and_at_most_k_host_batches_are_held():
+  rng = np.random.default_rng(0)
+  waits = rng.uniform(0, 0.01, 60)
+
+  def put(lane, host):
+    time.sleep(waits[host.number])   # later batches often finish first
+    return (lane, host.number)
+
+  _Held.alive = _Held.most = 0
+  stream = in_flight.InFlight((_Held(n) for n in range(60)), ['a', 'b', 'c'], put)
+  try:
+    got = list(stream)
+  finally:
+    stream.close()
+  assert [number for _, number in got] == list(range(60))
+  assert {lane for lane, _ in got} == {'a', 'b', 'c'}
+  assert _Held.most <= 3

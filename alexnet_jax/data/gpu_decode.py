@@ -20,9 +20,9 @@ was decoded.
 
 nvJPEG and libjpeg-turbo round differently: on an H200, over 1,000 real photos stored at
 256x256, the hardware decoders' pixels differ from libjpeg-turbo's by 1 level at most, the
-hybrid decoder's by 3 at most (2.7% of the channels, 0.03 levels on average; BENCHMARKS.md,
-"Decoding on the GPU"). A run always decodes a row where it did before a resume
-(`host_batch.DecodeSplit`), so resumed runs read the same pixels.
+CUDA decoder's (Huffman on the host) by 3 at most (2.7% of the channels, 0.03 levels on
+average; BENCHMARKS.md, "Decoding on the GPU"). A run always decodes a row where it did before
+a resume (`host_batch.DecodeSplit`, `decode_share.py`), so resumed runs read the same pixels.
 """
 
 import logging

@@ -105,7 +105,3 @@ class InFlight:
     close = getattr(self._source, 'close', None)
     if close is not None:
       close()
-
-  @property
-  def threads(self) -> list[threading.Thread]:
-    return list(self._threads)

@@ -202,13 +202,15 @@ def _iterate(batches: BatchReader, numbers: grain.MapDataset, reading: Reading,
         grain.MultiprocessingOptions(num_workers=reading.workers),
         worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in pools]))
   dataset = dataset.map(functools.partial(_lend, pools, on_skip))
-  if put is not None and getattr(put, 'in_flight', 1) > 1:
-    start = lambda: put.stream(iter(dataset))   # noqa: E731
-  elif put is not None:
-    start = lambda: iter(grain.experimental.ThreadPrefetchIterDataset(   # noqa: E731
+
+  def start():
+    if put is None:
+      return iter(dataset)
+    if getattr(put, 'in_flight', 1) > 1:
+      return put.stream(iter(dataset))
+    return iter(grain.experimental.ThreadPrefetchIterDataset(
         dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH))
-  else:
-    start = lambda: iter(dataset)   # noqa: E731
+
   return _closing(start, pools, hold_signals=reading.workers > 0)
 
 
