@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from alexnet_jax import torch_file
+from alexnet_jax.interop import torch_file
 
 DATA = pathlib.Path(__file__).parent / 'data'
 HAS_TORCH = importlib.util.find_spec('torch') is not None
