@@ -23,7 +23,7 @@ from alexnet_jax.parallel import placement
 from alexnet_jax.workdir import checkpointing, trained
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _config(num_train_steps, **overrides):

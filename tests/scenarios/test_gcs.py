@@ -15,10 +15,10 @@ import pytest
 from etils import epath
 
 from alexnet_jax import errors, train
-from alexnet_jax.loop import stopping, summaries
-from alexnet_jax.workdir import trained
 from alexnet_jax.commands import figures, plot_curves
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.loop import stopping, summaries
+from alexnet_jax.workdir import trained
 from tests import gcs_emulator
 from tests.conftest import assert_same_tree, run_config, saved_state
 

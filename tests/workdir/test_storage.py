@@ -21,7 +21,7 @@ SAVE = ocp.CheckpointManager.save
 
 
 _config = run_config   # tiny_config saves every 2 steps; evaluated every 2 too
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors
+from alexnet_jax.data import image_source, loader, shared_batches, synthetic, to_devices
 from alexnet_jax.parallel import placement
-from alexnet_jax.data import loader, shared_batches, synthetic, to_devices
 
 
 def _data(workers: int, threads: int, batch: int = 8, examples: int = 40):
-  split = loader.Split(synthetic.SyntheticSplit(synthetic.TRAIN, examples, 24, 5), 0, examples)
+  generated = synthetic.SyntheticSplit(synthetic.TRAIN, examples, 24, 5)
+  split = image_source.Split(generated, 0, examples)
   return loader.make_data(split, split, name='synthetic', num_classes=5, image_size=24,
                           global_batch=batch, seed=3,
                           reading=loader.Reading(workers=workers, threads=threads))

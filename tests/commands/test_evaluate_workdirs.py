@@ -11,7 +11,7 @@ from alexnet_jax import errors, train
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from tests.conftest import NUM_DEVICES, run_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _config(seed):

@@ -17,7 +17,7 @@ import pytest
 from alexnet_jax import train
 from tests.conftest import tiny_config
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow   # processes joined over 127.0.0.1: 20 to 35 s each
 SETTINGS = dict(width=0.125, image_size=64, resize_size=73, global_batch_size=8, data_workers=0,
                 log_every_steps=2, checkpoint_every_steps=3, eval_every_steps=1000)

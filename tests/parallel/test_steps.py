@@ -6,9 +6,9 @@ import optax
 import pytest
 
 from alexnet_jax import data, optim, train
+from alexnet_jax.data import augment, to_devices
 from alexnet_jax.loop import evaluate
 from alexnet_jax.parallel import placement, steps
-from alexnet_jax.data import augment, to_devices
 from tests.conftest import assert_same_tree, tiny_config
 from tests.reference import reference_sgd
 

@@ -16,7 +16,7 @@ from alexnet_jax.data import augment, loader, prepare, store
 from configs import alexnet
 from tests.conftest import write_image_folder
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_benchmark_imports_no_tensorflow():
@@ -74,7 +74,7 @@ def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
 
 
 @pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
-                    reason='torch is installed here: tests/test_torch_peer.py times the peer')
+                    reason='torch is installed here: tests/benchmarking/test_torch_peer.py times the peer')
 def test_command_says_in_a_line_that_torch_is_absent_and_times_jax_alone():
   command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', '--models=owt',
              '--dtypes=bfloat16', '--batch_sizes=4', '--image_size=64', '--num_classes=10',

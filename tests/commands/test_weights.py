@@ -14,20 +14,20 @@ import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
 from alexnet_jax import errors, train
+from alexnet_jax.commands import weights
 from alexnet_jax.interop import class_names, torch_file, torchvision_layout
 from alexnet_jax.workdir import model_record, trained
-from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import NUM_DEVICES, assert_same_tree, saved_state
 
-DATA = pathlib.Path(__file__).parent / 'data'
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+DATA = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FIXTURE = DATA / 'owt_narrow.pth'   # torchvision's AlexNet at 1/64 of its width, 10 classes
 HAS_TORCH = importlib.util.find_spec('torch') is not None
 
 
 def formula_images() -> np.ndarray:
-  """float32 [2, 224, 224, 3], the formula tests/data/make_torch_files.py fed PyTorch."""
+  """float32 [2, 224, 224, 3], the formula tests/fixtures/make_torch_files.py fed PyTorch."""
   n, h, w, c = np.meshgrid(np.arange(2), np.arange(224), np.arange(224), np.arange(3),
                            indexing='ij')
   return (2.0 * np.sin(0.05 * h * (c + 1) + 0.07 * w - 1.3 * n + c)).astype(np.float32)

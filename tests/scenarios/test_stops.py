@@ -16,10 +16,10 @@ import pytest
 
 from alexnet_jax import data, train
 from alexnet_jax.benchmarking import processes
-from alexnet_jax.data import synthetic
+from alexnet_jax.data import image_source, synthetic
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The paper's plateau rule: a rate set by the step alone, not by the run's length (the demo's
 # cosine), since these runs are stopped early and resumed to a nearer end.
 SETTINGS = dict(width=0.125, image_size=64, resize_size=73, global_batch_size=8,
@@ -117,9 +117,9 @@ def test_a_signal_while_the_trainer_waits_on_a_slow_loader_saves_at_once(tmp_pat
       return dataset
     slow = SlowWhenFlagged(flag, synthetic.TRAIN, config.synthetic.train_examples,
                            config.resize_size, config.synthetic.num_classes)
-    split = data.loader.Split(slow, 0, len(slow))
+    split = image_source.Split(slow, 0, len(slow))
     return data.loader.make_data(
-        split, data.loader.Split(synthetic.SyntheticSplit(
+        split, image_source.Split(synthetic.SyntheticSplit(
             synthetic.EVAL, config.synthetic.eval_examples, config.resize_size,
             config.synthetic.num_classes), 0, config.synthetic.eval_examples),
         name='slow', num_classes=config.synthetic.num_classes, image_size=config.resize_size,

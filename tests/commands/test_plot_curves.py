@@ -3,8 +3,8 @@
 import ml_collections
 import pytest
 
-from alexnet_jax.loop import summaries
 from alexnet_jax.commands import plot_curves
+from alexnet_jax.loop import summaries
 
 
 def test_scalars_written_by_the_trainer_are_read_back_and_plotted(tmp_path):

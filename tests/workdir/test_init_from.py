@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 
 from alexnet_jax import errors, train
-from alexnet_jax.workdir import init_from, model_record, trained
 from alexnet_jax.commands import weights
+from alexnet_jax.workdir import init_from, model_record, trained
 from configs import alexnet
 from tests.conftest import run_config, saved_state
 
-FIXTURE = pathlib.Path(__file__).parent / 'data' / 'owt_narrow.pth'   # 1/64 width, 10 classes
+FIXTURE = pathlib.Path(__file__).resolve().parents[1] / 'fixtures' / 'owt_narrow.pth'   # 1/64 width, 10 classes
 
 
 @pytest.fixture(scope='module')

@@ -11,9 +11,10 @@ import simplejpeg
 from jax.sharding import PartitionSpec as P
 
 from alexnet_jax import errors
-from alexnet_jax.parallel import placement
-from alexnet_jax.data import batch_reader, gpu_decode, loader, prepare, store, to_devices
+from alexnet_jax.data import (batch_reader, gpu_decode, image_source, loader, prepare, store,
+                              to_devices)
 from alexnet_jax.data.host_batch import DecodeSplit
+from alexnet_jax.parallel import placement
 from tests.conftest import write_image_folder
 
 
@@ -42,7 +43,7 @@ def jpeg_store(tmp_path_factory):
 
 
 def _data(prepared, workers=0, global_batch=8):
-  splits = [loader.Split(prepared.source_of(name), 0, prepared.examples(name))
+  splits = [image_source.Split(prepared.source_of(name), 0, prepared.examples(name))
             for name in ('train', 'validation')]
   return loader.make_data(*splits, name='test', num_classes=3, image_size=73,
                           global_batch=global_batch, seed=3,

@@ -18,19 +18,18 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import data, train
+from alexnet_jax import data, models, train
+from alexnet_jax.data import augment, to_devices
 from alexnet_jax.loop import evaluate
 from alexnet_jax.parallel import placement, steps
 from alexnet_jax.workdir import checkpointing
-from alexnet_jax.data import augment, to_devices
 from tests.conftest import saved_state, tiny_config
 from tests.reference import reference_sgd
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 FOUR_DEVICES = jax.device_count() == 4
 needs_four_devices = pytest.mark.skipif(
     not FOUR_DEVICES, reason='needs 4 devices: run by test_on_four_devices in a 4-device process')
-LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 
 @pytest.mark.slow
@@ -95,7 +94,7 @@ def test_two_steps_on_a_2x2_mesh_match_one_device(model):
   np.testing.assert_allclose(losses, ref_losses, rtol=1e-5)
   np.testing.assert_allclose(norms, ref_norms, rtol=1e-4)
   params = jax.device_get(state.params)
-  for name in LAYERS:
+  for name in models.LAYERS:
     for kind in ('kernel', 'bias'):
       update = params[name][kind] - init[name][kind]
       ref_update = ref_params[name][kind] - init[name][kind]
@@ -113,7 +112,7 @@ def test_each_tower_lives_on_its_own_device():
   state = _two_steps_on_2x2('paper')[3]
   mesh = placement.make_mesh(model_axis_size=2)
   momentum = state.opt_state.inner_state[2].trace
-  for name in LAYERS:
+  for name in models.LAYERS:
     for array in (state.params[name]['kernel'], momentum[name]['kernel']):
       assert array.sharding.spec[-1] == 'model', name
       whole = np.asarray(jax.device_get(array))
@@ -128,7 +127,7 @@ def test_each_tower_lives_on_its_own_device():
 @needs_four_devices
 def test_owt_hybrid_keeps_convolutions_whole_and_splits_the_classifier():
   state = _two_steps_on_2x2('owt')[3]
-  for name in LAYERS:
+  for name in models.LAYERS:
     kernel = state.params[name]['kernel']
     if name.startswith('conv'):
       assert kernel.sharding.spec == P(), name
@@ -224,7 +223,7 @@ def test_a_checkpoint_saved_on_2x2_restores_on_4x1_and_on_one_device(tmp_path):
     assert int(state.step) == 2
     momentum = state.opt_state.inner_state[2].trace
     saved_momentum = saved['opt_state']['inner_state'][2]['trace']
-    for name in LAYERS:
+    for name in models.LAYERS:
       for restored, expected in ((state.params[name]['kernel'], saved['params'][name]['kernel']),
                                  (momentum[name]['kernel'], saved_momentum[name]['kernel'])):
         np.testing.assert_array_equal(np.asarray(restored), expected)

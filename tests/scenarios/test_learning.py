@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from alexnet_jax import train
-from alexnet_jax.parallel import placement, steps
 from alexnet_jax.data import augment, decode
+from alexnet_jax.parallel import placement, steps
 from configs import alexnet
 from tests.conftest import IMAGENETTE
 

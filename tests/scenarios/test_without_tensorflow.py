@@ -8,11 +8,11 @@ import sys
 
 import pytest
 
-from alexnet_jax.loop import summaries
 from alexnet_jax.benchmarking import throughput
 from alexnet_jax.data import loader
+from alexnet_jax.loop import summaries
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -12,17 +12,17 @@ import numpy as np
 import pytest
 
 from alexnet_jax import data, train
+from alexnet_jax.commands import classify, weights
+from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
+from alexnet_jax.data import image_folder
 from alexnet_jax.interop import class_names, torch_file
 from alexnet_jax.parallel import placement, steps
 from alexnet_jax.workdir import color_stats, trained
-from alexnet_jax.commands import classify, weights
-from alexnet_jax.data import image_folder
-from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from configs import alexnet
-from tests import test_weights
+from tests.commands import test_weights
 from tests.conftest import IMAGENETTE, NUM_DEVICES
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 needs_imagenette = pytest.mark.skipif(
     not IMAGENETTE.is_dir(),
     reason=f'needs real JPEGs in {IMAGENETTE} (the shared data folder beside the checkout)')

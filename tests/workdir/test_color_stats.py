@@ -6,8 +6,8 @@ import pytest
 from PIL import Image
 
 from alexnet_jax import errors, train
-from alexnet_jax.workdir import color_stats
 from alexnet_jax.commands import color_stats as compute_color_stats
+from alexnet_jax.workdir import color_stats
 from tests.conftest import tiny_config
 
 COLOURS = {'a': (200, 100, 50), 'b': (100, 50, 150)}

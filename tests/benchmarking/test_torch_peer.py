@@ -12,12 +12,12 @@ from alexnet_jax.benchmarking import torch_peer
 from alexnet_jax.commands import benchmark
 from alexnet_jax.data import imagenet_color
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 pytestmark = pytest.mark.skipif(
     any(importlib.util.find_spec(name) is None for name in ('torch', 'torchvision')),
     reason='torch and torchvision are not installed here (the peer needs both; '
-           'tests/test_benchmark.py checks the benchmark without them)')
+           'tests/commands/test_benchmark.py checks the benchmark without them)')
 
 
 # torch.compile's first step compiles C++ for the CPU: minutes on 2 cores.

@@ -19,7 +19,7 @@ from alexnet_jax import data
 from alexnet_jax.data import prepare, store
 from tests.conftest import IMAGENETTE, NUM_DEVICES
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 needs_imagenette = pytest.mark.skipif(
     not IMAGENETTE.is_dir(),
     reason=f'needs real JPEGs in {IMAGENETTE} (the shared data folder beside the checkout)')

@@ -1,5 +1,5 @@
 """PyTorch's state-dict files read and written without PyTorch, against files PyTorch wrote
-(tests/data, made by tests/data/make_torch_files.py) and the numbers PyTorch gave for them."""
+(tests/fixtures, made by tests/fixtures/make_torch_files.py) and the numbers PyTorch gave for them."""
 
 import importlib.util
 import json
@@ -13,7 +13,7 @@ import pytest
 
 from alexnet_jax.interop import torch_file
 
-DATA = pathlib.Path(__file__).parent / 'data'
+DATA = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
 HAS_TORCH = importlib.util.find_spec('torch') is not None
 
 

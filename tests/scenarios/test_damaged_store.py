@@ -19,14 +19,14 @@ import pytest
 from array_record.python import array_record_module
 
 from alexnet_jax import data, errors, train
-from alexnet_jax.loop import summaries
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from alexnet_jax.data import prepare
 from alexnet_jax.data.host_batch import DecodeSplit
+from alexnet_jax.loop import summaries
 from tests.conftest import (NUM_DEVICES, assert_same_tree, run_config, saved_state,
                             write_image_folder)
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 PER_SHARD = 8
 # 16 training images a class, 48 in all: 6 steps of 8 an epoch, each image once an epoch.
 TRAIN_SHARD, TRAIN_RECORD = 'train-00002-of-00006.array_record', 3
