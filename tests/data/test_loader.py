@@ -201,3 +201,24 @@ def test_synthetic_classes_carry_signal():
   test = synthetic.make_images(rng, test_labels, 64, 10).astype(np.float32).std((1, 2))
   predicted = np.argmin(((test[:, None] - means[None]) ** 2).sum(-1), axis=1)
   assert (predicted == test_labels).mean() > 0.3
+
+
+def test_small_images_are_upsampled_to_the_stored_size(tmp_path):
+  """32x32 images, as CIFAR's, read at 72x72: each row is its image enlarged by Pillow's
+  bilinear filter, the paper's rescaling, not a crop or a padding of it."""
+  from PIL import Image
+  root = write_image_folder(tmp_path / 'images', train=2, val=2)
+  expected = []
+  for path in sorted(root.rglob('*.jpg')):
+    with Image.open(path) as image:
+      image.resize((32, 32)).save(path, quality=95)
+    with Image.open(path) as small:
+      expected.append(np.asarray(small.convert('RGB').resize((72, 72), Image.BILINEAR), np.int16))
+  config = tiny_config()
+  config.dataset, config.resize_size, config.image_size = f'image_folder:{root}', 72, 64
+  dataset = data.create(config, 4)
+  rows = [row for batch in dataset.eval_batches() for row, mask in zip(batch.image, batch.mask)
+          if mask]
+  assert len(rows) == 6 and all(row.shape == (72, 72, 3) for row in rows)
+  for row in rows:
+    assert min(np.abs(row.astype(np.int16) - e).max() for e in expected) <= 1

@@ -57,7 +57,8 @@ def test_a_tpu_host_gets_the_tpu_install_line(no_accelerators, monkeypatch):
 
 
 def test_a_host_without_accelerators_trains_on_its_cpu(no_accelerators):
-  backend.check_backend(train_examples=1_281_167, allow_cpu=False)
+  assert backend.invisible_accelerators() == {}
+  assert backend.check_backend(train_examples=1_281_167, allow_cpu=False) is None   # no refusal
 
 
 def test_auto_computes_in_float32_on_the_cpu_and_bfloat16_on_accelerators(monkeypatch):
