@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import simplejpeg
 
-from alexnet_jax.data import loader
+from alexnet_jax.data import image_source
 
 
 def jpegs(count: int, size: int, seed: int = 0) -> list[bytes]:
@@ -30,7 +30,7 @@ def jpegs(count: int, size: int, seed: int = 0) -> list[bytes]:
   return out
 
 
-class SleepingSource(loader.ImageSource):
+class SleepingSource(image_source.ImageSource):
   """Images stored as JPEGs; the host takes `latency_s` more to decode each."""
   stores_jpegs = True
 

@@ -23,10 +23,10 @@ import time
 import jax
 import numpy as np
 
-from alexnet_jax import placement, platform
 from alexnet_jax.benchmarking import table, throughput
 from alexnet_jax.benchmarking.gpu_feed import differences
-from alexnet_jax.data import gpu_decode, loader, store, to_devices
+from alexnet_jax.data import gpu_decode, image_source, loader, store, to_devices
+from alexnet_jax.parallel import backend, placement
 
 
 def _jpegs(path: str, count: int) -> tuple[list[np.ndarray], int]:
@@ -81,7 +81,7 @@ def check_trainers_path(path: str, decoder, batch: int, steps: int = 3) -> tuple
   put on the devices with `decoder` decoding 3/4 of each device's rows, and the host's."""
   prepared = store.open_store(pathlib.Path(path).expanduser())
   source = prepared.source_of('train')
-  split = loader.Split(source, 0, len(source))
+  split = image_source.Split(source, 0, len(source))
   data = loader.make_data(split, split, name=path, num_classes=len(prepared.classes),
                           image_size=prepared.image_size, global_batch=batch, seed=0,
                           reading=loader.Reading(workers=0, threads=4))
@@ -106,7 +106,7 @@ def check_trainers_path(path: str, decoder, batch: int, steps: int = 3) -> tuple
 def main(args):
   device = jax.local_devices()[0]
   jpegs, size = _jpegs(args.store, args.images)
-  dtype = platform.compute_dtype('auto')
+  dtype = backend.compute_dtype('auto')
   print(f'jax {jax.__version__}, {device.device_kind}; {len(jpegs)} JPEGs of {size}x{size} from '
         f'{args.store}, {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB on average',
         flush=True)

@@ -30,10 +30,10 @@ import pathlib
 import jax
 import numpy as np
 
-from alexnet_jax import platform
 from alexnet_jax.benchmarking import gpu_feed, photo_like, stand_in, table, throughput
 from alexnet_jax.benchmarking.throughput import Step, describe_reading
-from alexnet_jax.data import decode_share, gpu_decode, loader, store, to_devices
+from alexnet_jax.data import decode_share, gpu_decode, image_source, loader, store, to_devices
+from alexnet_jax.parallel import backend
 
 # The paper model's rows run the same code as owt's: --smoke compiles one model.
 SMOKE = dict(images=48, stored_size=72, image_size=64, width=0.125, batch=16, rows=[8, 16],
@@ -53,11 +53,11 @@ class Round:
       raise SystemExit(f'{path} stores raw pixels: the GPU decodes JPEGs only. Prepare it '
                        'with --encoding=jpeg.')
     self.size, source = prepared.image_size, prepared.source_of('train')
-    self.split = loader.Split(source, 0, len(source))
+    self.split = image_source.Split(source, 0, len(source))
     self.jpegs = [np.frombuffer(source.jpeg(i)[1], np.uint8).copy()
                   for i in range(min(1024, len(source)))]
     self.device = jax.local_devices()[0]
-    self.dtype = args.dtype or platform.compute_dtype('auto')
+    self.dtype = args.dtype or backend.compute_dtype('auto')
     workers, threads = loader.auto_resources()
     self.reading = loader.Reading(workers=workers, threads=threads)
     self.rows, self.splits, self.path, self._steps = [], {}, path, {}
@@ -160,7 +160,7 @@ def loops(r: Round, model: str) -> None:
   step = r.step(model)
   alone = r.measure(f'{model}: step alone', throughput.step_alone(
       step, r.size, a.batch, a.steps, a.warmup))[0]
-  measure = dict(batch=a.batch, steps=a.steps, warmup=a.warmup)
+  measure = dict(batch=a.batch, num_steps=a.steps, warmup=a.warmup)
   for reading in a.readings:
     r.measure(f'{model}: the loop, the host decoding, {describe_reading(reading)}',
               throughput.loop(step, r.split, r.size, reading=reading, **measure), alone)
@@ -177,7 +177,7 @@ def loops(r: Round, model: str) -> None:
 
 def input_alone(r: Round) -> None:
   a = r.args
-  measure = dict(batch=a.batch, steps=a.steps, warmup=a.warmup)
+  measure = dict(batch=a.batch, num_steps=a.steps, warmup=a.warmup)
   r.measure(f'input alone: the host decoding, {describe_reading(r.reading)}',
             throughput.input_alone(r.split, r.size, reading=r.reading, **measure))
   step = r.step('owt')

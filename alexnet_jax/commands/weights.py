@@ -25,10 +25,11 @@ from absl import flags
 from etils import epath
 from flax.training import train_state
 
-from alexnet_jax import (checkpointing, class_names, command_line, distributed, model_record, optim,
-                         orbax_logs, storage, torch_file, torchvision_layout, train,
-                         workdir_checkpoints)
+from alexnet_jax import command_line, optim, train
 from alexnet_jax.errors import ConfigError, UserFacingError
+from alexnet_jax.interop import class_names, torch_file, torchvision_layout
+from alexnet_jax.parallel import distributed
+from alexnet_jax.workdir import checkpointing, model_record, orbax_logs, storage, trained
 
 IMPORTED_STEP = 0
 
@@ -38,9 +39,9 @@ def import_weights(source: str, workdir: str, config) -> dict:
   what was imported. Everything is read and checked before anything is written."""
   distributed.one_host_only('python -m alexnet_jax.commands.weights import')
   root = storage.workdir_path(workdir)
-  for folder in ('checkpoints', 'best'):
-    if (root / folder).is_dir() and any((root / folder).iterdir()):
-      raise ConfigError(f'{root / folder} already holds checkpoints: import into a new '
+  for folder in (checkpointing.folder(workdir), root / checkpointing.LEGACY_BEST_FOLDER):
+    if folder.is_dir() and any(folder.iterdir()):
+      raise ConfigError(f'{folder} already holds checkpoints: import into a new '
                         '--workdir (nothing was changed).')
   state_dict = torch_file.read_state_dict(source)
   params, width, num_classes = torchvision_layout.from_torchvision(state_dict, source)
@@ -56,7 +57,8 @@ def import_weights(source: str, workdir: str, config) -> dict:
                                         params=jax.tree.map(jnp.asarray, params))
   state = state.replace(step=jnp.zeros((), jnp.int32))
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
-  checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'), keep=config.keep_checkpoints)
+  checkpoints = checkpointing.Checkpoints(str(checkpointing.folder(workdir)),
+                                           keep=config.keep_checkpoints)
   try:
     checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': None,
                              'pending_eval': False})
@@ -81,7 +83,7 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
     raise ConfigError(f"{workdir} holds a {config.model!r} AlexNet; only 'owt' has "
                       "torchvision's layout (the paper's two towers and LRN have no "
                       'torchvision counterpart).')
-  params, step = workdir_checkpoints.restore_saved_params(workdir, which)
+  params, step = trained.restore_saved_params(workdir, which)
   try:
     state_dict = torchvision_layout.to_torchvision(params)
   except torchvision_layout.LayoutError as e:
