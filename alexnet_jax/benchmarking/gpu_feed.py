@@ -105,11 +105,13 @@ def hardware_engines() -> str:
   handle = ctypes.c_void_p()
   hardware_backend = 3   # NVJPEG_BACKEND_HARDWARE
   status = library.nvjpegCreateEx(hardware_backend, None, None, 0, ctypes.byref(handle))
+  # A GPU without the engines refuses the hardware backend (e.g. NVJPEG_STATUS_ARCH_MISMATCH).
   if status != 0:
     return f'none usable (nvjpegCreateEx with the hardware backend: status {status})'
   engines, cores = ctypes.c_uint(), ctypes.c_uint()
-  status = library.nvjpegGetHardwareDecoderInfo(handle, ctypes.byref(engines),
-                                                ctypes.byref(cores))
+  info = getattr(library, 'nvjpegGetHardwareDecoderInfo', None)   # CUDA 11.4 and later
+  status = (info(handle, ctypes.byref(engines), ctypes.byref(cores)) if info is not None
+            else 'not in this nvJPEG')
   library.nvjpegDestroy(handle)
   if status != 0:
     return f'unknown (nvjpegGetHardwareDecoderInfo: status {status})'

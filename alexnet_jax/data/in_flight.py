@@ -8,8 +8,8 @@ the next host batch off the loader, in turn, and the training thread takes the d
 batches back in the loader's order.
 
 Bounds: a thread takes a batch only while fewer than K + 1 are taken and not yet handed to
-the training thread, so at most K host batches (the loader's lent slots) are held, and one
-finished device batch waits. An error, the loader's or a thread's, is raised when the
+the training thread: of those, at most K are host batches (the loader's lent slots, one per
+lane, let go once on the devices), the rest device batches waiting for the training thread. An error, the loader's or a thread's, is raised when the
 training thread reaches its batch. `close()` (the loader's stream closing it, at the end of
 the run, a stop or an error) stops every thread and joins it.
 """
