@@ -3,6 +3,8 @@ alone and one batch at a time: a stand-in source and GPU decoder whose decodes w
 holding Python's lock, so that the rates are the waits', and the figures are ratios measured
 in the same test."""
 
+import os
+import signal
 import threading
 import time
 
@@ -168,3 +170,32 @@ def test_results_come_in_order_and_at_most_k_host_batches_are_held():
   assert [number for _, number in got] == list(range(60))
   assert {lane for lane, _ in got} == {'a', 'b', 'c'}
   assert _Held.most <= 3
+
+
+class _Stop(Exception):
+  pass
+
+
+def test_a_stop_signalled_while_the_training_thread_waits_interrupts_it_and_close_joins():
+  """As a preemption does (`loop/stopping.py`): a signal handler raises in the waiting
+  training thread."""
+
+  def put(lane, host):
+    time.sleep(0.5)
+    return host.number
+
+  def stop(signum, frame):
+    raise _Stop
+
+  previous = signal.signal(signal.SIGUSR1, stop)
+  stream = in_flight.InFlight((_Held(n) for n in range(10)), ['a', 'b'], put)
+  try:
+    threading.Timer(0.1, os.kill, (os.getpid(), signal.SIGUSR1)).start()
+    begin = time.perf_counter()
+    with pytest.raises(_Stop):
+      next(stream)
+    assert time.perf_counter() - begin < 0.4   # not after the batch
+  finally:
+    stream.close()
+    signal.signal(signal.SIGUSR1, previous)
+  assert not _lane_threads()
