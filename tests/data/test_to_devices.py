@@ -57,15 +57,16 @@ def _batches(stream, count):
     stream.close()
 
 
-@pytest.mark.parametrize('host_share', [0.0, 0.5])
+@pytest.mark.parametrize('host_share, lanes', [(0.0, 1), (0.5, 1), (0.5, 3)])
 @pytest.mark.parametrize('workers', [0, 1])
-def test_rows_decoded_on_their_devices_equal_the_hosts(jpeg_store, host_share, workers):
+def test_rows_decoded_on_their_devices_equal_the_hosts(jpeg_store, host_share, lanes, workers):
   mesh = placement.make_mesh()
   dataset = _data(jpeg_store, workers)
   assert dataset.jpeg_store
   by_host = _batches(dataset.train_batches(2, put=to_devices.ToDevices(mesh)), 3)
-  decoder = StandInDecoder()
-  put = to_devices.ToDevices(mesh, decoder=decoder, host_batch=8, host_share=host_share)
+  decoder = StandInDecoder()   # each lane's, here one and the same: it only records
+  put = to_devices.ToDevices(mesh, decoders=[decoder] * lanes, host_batch=8,
+                             host_share=host_share)
   by_devices = _batches(dataset.train_batches(2, put=put, split=put.decode_split), 3)
   for got, want in zip(by_devices, by_host, strict=True):
     assert got.keys() == want.keys() == {'image', 'label'}
