@@ -11,8 +11,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import (class_names, color_stats, data, per_device, placement, torch_file, train,
-                         workdir_checkpoints)
+from alexnet_jax import (class_names, color_stats, data, per_device, placement, torch_save,
+                         train, workdir_checkpoints)
 from alexnet_jax.commands import classify, weights
 from alexnet_jax.data import image_folder
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
@@ -63,7 +63,7 @@ def imported(tmp_path_factory):
                   ).astype(np.float32)
            for name, shape in test_weights.torch_shapes(width=1 / 64, num_classes=1000).items()}
   weights_file = tmp_path_factory.mktemp('file') / 'narrow.pth'
-  torch_file.write_state_dict(weights_file, state)
+  torch_save.write_state_dict(weights_file, state)
   workdir = str(tmp_path_factory.mktemp('work'))
   weights.import_weights(str(weights_file), workdir, alexnet.get_config('torchvision'))
   # How evaluate_workdirs reads the same workdir on this folder.
