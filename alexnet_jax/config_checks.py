@@ -7,7 +7,8 @@ import numpy as np
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax import models, optim, storage
+from alexnet_jax import models, optim
+from alexnet_jax.workdir import storage
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.errors import ConfigError
 

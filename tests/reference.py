@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import optax
 
-from alexnet_jax import per_device, train
+from alexnet_jax import train
+from alexnet_jax.parallel import steps
 from alexnet_jax.data import augment
 
 
@@ -13,7 +14,7 @@ def reference_sgd(config, params, batches):
   patches the augmentation cuts from the global batch (tests/test_augment.py checks them)."""
   model = train.create_model(config, 10)
   aug = augment.from_config(config)
-  augment_seed = per_device.step_seeds(config.seed)[1]
+  augment_seed = steps.step_seeds(config.seed)[1]
   params = jax.tree.map(np.asarray, params)
   velocity = jax.tree.map(np.zeros_like, params)
   lr, momentum, decay = config.learning_rate, config.momentum, config.weight_decay

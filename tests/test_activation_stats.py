@@ -4,7 +4,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import placement, train
+from alexnet_jax import train
+from alexnet_jax.parallel import placement
 from alexnet_jax.commands import activation_stats
 from alexnet_jax.data import augment
 from tests.conftest import tiny_config

@@ -56,7 +56,7 @@ def test_forward_flops_match_a_hand_count_of_torchvisions_alexnet():
 def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
   # The data-parallel mesh runs in the command test below.
   result = benchmark.bench_jax('paper', 'float32', global_batch=4, image_size=64, num_classes=10,
-                               steps=1, warmup=1, repeats=1, peak_tflops=1.0, model_axis_size=2)
+                               num_steps=1, warmup=1, repeats=1, peak_tflops=1.0, model_axis_size=2)
   assert result['images_per_s'] > 0 and result['compile_s'] > 0
   assert result['mfu'].endswith('%') and 'GiB' not in result['memory']
 

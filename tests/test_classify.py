@@ -13,8 +13,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import (class_names, color_stats, data, per_device, placement, torch_save,
-                         train, workdir_checkpoints)
+from alexnet_jax import data, train
+from alexnet_jax.interop import class_names, torch_save
+from alexnet_jax.parallel import placement, steps
+from alexnet_jax.workdir import color_stats, trained
 from alexnet_jax.commands import classify, weights
 from alexnet_jax.data import image_files, image_folder, prepare
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
@@ -92,9 +94,9 @@ def _eval_counts(config, workdir, batch, ten_patches):
   row of `labels` [copies, 10], in one padded batch of 60 (one shape, one compile)."""
   mesh = placement.make_mesh()
   model = train.create_model(config, 1000)
-  params, _ = workdir_checkpoints.restore_saved_params(workdir, 'latest')
+  params, _ = trained.restore_saved_params(workdir, 'latest')
   params = jax.device_put(params, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
-  eval_step = per_device.make_eval_step(model, color_stats.augmentation(config, workdir), mesh,
+  eval_step = steps.make_eval_step(model, color_stats.augmentation(config, workdir), mesh,
                                       ten_patches)
 
   def counts(labels):

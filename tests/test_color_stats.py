@@ -5,7 +5,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from alexnet_jax import color_stats, errors, train
+from alexnet_jax import errors, train
+from alexnet_jax.workdir import color_stats
 from alexnet_jax.commands import color_stats as compute_color_stats
 from tests.conftest import tiny_config
 

@@ -18,7 +18,8 @@ import numpy as np
 import pytest
 from array_record.python import array_record_module
 
-from alexnet_jax import data, errors, summaries, train
+from alexnet_jax import data, errors, train
+from alexnet_jax.loop import summaries
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from alexnet_jax.data import prepare
 from alexnet_jax.data.host_batch import DecodeSplit

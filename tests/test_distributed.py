@@ -6,7 +6,8 @@ import logging
 import jax
 import pytest
 
-from alexnet_jax import distributed, errors
+from alexnet_jax import errors
+from alexnet_jax.parallel import distributed
 
 
 @pytest.fixture

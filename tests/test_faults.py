@@ -16,8 +16,11 @@ import orbax.checkpoint as ocp
 import pytest
 from PIL import Image
 
-from alexnet_jax import (checkpointing, config_checks, errors, optim, placement, preemption,
-                         processes, train, workdir_checkpoints)
+from alexnet_jax import config_checks, errors, optim, train
+from alexnet_jax.benchmarking import processes
+from alexnet_jax.loop import stopping
+from alexnet_jax.parallel import placement
+from alexnet_jax.workdir import checkpointing, trained
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -175,7 +178,7 @@ def test_a_read_only_restore_never_renames(tmp_path):
   model = train.create_model(_config(4), 10)
   template = train.create_train_state(_config(4), model, placement.make_mesh())
   with pytest.raises(errors.ConfigError, match='checkpoints/4 is damaged'):
-    workdir_checkpoints.restore_params(workdir, 'latest', template)
+    trained.restore_params(workdir, 'latest', template)
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
 
 
@@ -195,17 +198,17 @@ def test_a_preemption_during_evaluation_saves_and_the_resumed_run_evaluates_firs
     asked.append(1)
     return len(asked) == 3   # after steps 1 and 2, then the first evaluation batch
 
-  monkeypatch.setattr(preemption.PreemptionWatch, 'should_stop', preempted_in_the_first_evaluation)
+  monkeypatch.setattr(stopping.PreemptionWatch, 'should_stop', preempted_in_the_first_evaluation)
   interrupted = str(tmp_path / 'interrupted')
   assert train.train_and_evaluate(config(), interrupted) == {}
   assert 'Stopped at step 2 before its evaluation' in caplog.text
-  assert _steps_saved(interrupted) == [2] and workdir_checkpoints.best_step(interrupted) is None
+  assert _steps_saved(interrupted) == [2] and trained.best_step(interrupted) is None
   monkeypatch.undo()
   caplog.set_level(logging.INFO)
   assert train.train_and_evaluate(config(), interrupted) == expected
   assert 'evaluating it first' in caplog.text
   assert_same_tree(saved_state(interrupted, 4), saved_state(straight, 4))
-  assert workdir_checkpoints.best_step(interrupted) == workdir_checkpoints.best_step(straight) is not None
+  assert trained.best_step(interrupted) == trained.best_step(straight) is not None
 
 
 def test_the_learning_rate_drop_is_saved_and_kept_by_a_resumed_run(tmp_path, monkeypatch,
@@ -267,7 +270,7 @@ def test_the_best_checkpoint_is_kept_beside_the_newest_and_survives_a_restart(tm
   train.train_and_evaluate(_config(10, eval_every_steps=2, keep_checkpoints=2), workdir)
 
   assert _steps_saved(workdir) == [4, 8, 10]   # the newest two, and the best: no second copy
-  assert workdir_checkpoints.best_step(workdir) == 4
+  assert trained.best_step(workdir) == 4
   with open(tmp_path / 'checkpoints' / '10' / 'loop_state' / 'metadata') as f:
     assert json.load(f)['best_top1_error'] == 0.3
 

@@ -14,7 +14,9 @@ import orbax.checkpoint as ocp
 import pytest
 from etils import epath
 
-from alexnet_jax import errors, preemption, summaries, train, workdir_checkpoints
+from alexnet_jax import errors, train
+from alexnet_jax.loop import stopping, summaries
+from alexnet_jax.workdir import trained
 from alexnet_jax.commands import figures, plot_curves
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from tests import gcs_emulator
@@ -63,22 +65,22 @@ def test_a_run_on_gs_is_stopped_resumes_and_its_workdir_is_read(storage, local_s
   expected = train.train_and_evaluate(_config(4), straight)
 
   asked = []   # SIGTERM in step 2's evaluation: step 2 is saved, to be evaluated on resume
-  monkeypatch.setattr(preemption.PreemptionWatch, 'should_stop',
+  monkeypatch.setattr(stopping.PreemptionWatch, 'should_stop',
                       lambda self: asked.append(1) or len(asked) == 3)
   assert train.train_and_evaluate(_config(4), RUN) == {}
   assert _steps(RUN) == [2]
-  monkeypatch.setattr(preemption.PreemptionWatch, 'should_stop', lambda self: False)
+  monkeypatch.setattr(stopping.PreemptionWatch, 'should_stop', lambda self: False)
   caplog.set_level(logging.INFO)
   assert train.train_and_evaluate(_config(4), RUN) == expected
   assert f'Restored the checkpoint of step 2 from {RUN}/checkpoints' in caplog.text
   assert _steps(RUN) == [2, 4]
-  assert workdir_checkpoints.best_step(RUN) == workdir_checkpoints.best_step(straight) is not None
+  assert trained.best_step(RUN) == trained.best_step(straight) is not None
   local = saved_state(straight, 4)
   assert_same_tree(_state(RUN, 4, local), local)
   assert list(local_summaries.glob('events.out.tfevents.*'))
 
   results = evaluate_workdirs(_config(4), [RUN, straight], 'best')
-  assert results[RUN]['step'] == results[straight]['step'] == workdir_checkpoints.best_step(straight)
+  assert results[RUN]['step'] == results[straight]['step'] == trained.best_step(straight)
   assert results[RUN]['top1_error'] == results[straight]['top1_error']
   paths = figures.make_figures(_config(4), RUN, 'latest', f'{RUN}/figures', num_images=3,
                                pool_size=16)

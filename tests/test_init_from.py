@@ -10,7 +10,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, init_from, model_record, train, workdir_checkpoints
+from alexnet_jax import errors, train
+from alexnet_jax.workdir import init_from, model_record, trained
 from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import run_config, saved_state
@@ -61,7 +62,7 @@ def test_layers_come_from_the_source_and_fc8_afresh_when_the_classes_differ(sour
 
 def _best_params(workdir):
   import orbax.checkpoint as ocp
-  best = pathlib.Path(workdir, 'checkpoints', str(workdir_checkpoints.best_step(workdir)))
+  best = pathlib.Path(workdir, 'checkpoints', str(trained.best_step(workdir)))
   return ocp.PyTreeCheckpointer().restore(str(best / 'state'))['params']
 
 

@@ -14,7 +14,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import per_device, placement, train
+from alexnet_jax import train
+from alexnet_jax.parallel import placement, steps
 from alexnet_jax.data import augment, decode
 from configs import alexnet
 from tests.conftest import IMAGENETTE
@@ -36,17 +37,17 @@ def _fixed_batch(per_class: int = 2) -> dict:
   return {'image': np.stack(images), 'label': np.asarray(labels, np.int32)}
 
 
-def _losses(initialization: str, steps: int) -> list[float]:
+def _losses(initialization: str, num_steps: int) -> list[float]:
   config = alexnet.get_config('paper')   # full size, the paper's SGD, lr 0.01
   config.initialization = initialization
   config.resize_size = config.image_size   # the batch is already 224x224: flips only
   mesh = placement.make_mesh(jax.devices()[:1])
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
-  step = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh)
+  step = steps.make_train_step(model, augment.from_config(config), config.seed, mesh)
   batch = placement.shard_batch(_fixed_batch(), mesh)
   losses = []
-  for _ in range(steps):
+  for _ in range(num_steps):
     state, metrics = step(state, batch)
     losses.append(float(metrics['loss']))
   return losses

@@ -18,7 +18,10 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import checkpointing, data, evaluate, per_device, placement, train
+from alexnet_jax import data, train
+from alexnet_jax.loop import evaluate
+from alexnet_jax.parallel import placement, steps
+from alexnet_jax.workdir import checkpointing
 from alexnet_jax.data import augment, to_devices
 from tests.conftest import saved_state, tiny_config
 from tests.reference import reference_sgd
@@ -74,7 +77,7 @@ def _mesh_run(config, batches):
   model = train.create_model(config, 10)
   state = train.create_train_state(config, model, mesh)
   init = jax.device_get(state.params)
-  step = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh)
+  step = steps.make_train_step(model, augment.from_config(config), config.seed, mesh)
   losses, norms = [], []
   for batch in batches:
     state, metrics = step(state, placement.shard_batch(batch, mesh,
@@ -149,7 +152,7 @@ def test_owt_evaluation_on_2x2_counts_every_example_once_as_on_4x1():
     net = train.create_model(config, 10)
     template = train.create_train_state(config, net, mesh).params   # placed as on this mesh
     placed = jax.tree.map(lambda t, p: jax.device_put(p, t.sharding), template, params)
-    step = per_device.make_eval_step(net, augment.from_config(config), mesh)
+    step = steps.make_eval_step(net, augment.from_config(config), mesh)
     put = to_devices.ToDevices(mesh, placement.batch_spec(net, mesh))
     results.append(evaluate.evaluate(step, [placed], dataset, put))
   split, whole = results
@@ -167,7 +170,7 @@ def _collectives(config):
   model = train.create_model(config, 10)
   state = train.create_train_state(config, model, mesh)
   batch = placement.shard_batch(_batches(config, 1)[0], mesh, placement.batch_spec(model, mesh))
-  hlo = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh).lower(
+  hlo = steps.make_train_step(model, augment.from_config(config), config.seed, mesh).lower(
       state, batch).compile().as_text()
   found = []
   for line in hlo.splitlines():

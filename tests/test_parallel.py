@@ -5,7 +5,9 @@ import numpy as np
 import optax
 import pytest
 
-from alexnet_jax import data, evaluate, optim, per_device, placement, train
+from alexnet_jax import data, optim, train
+from alexnet_jax.loop import evaluate
+from alexnet_jax.parallel import placement, steps
 from alexnet_jax.data import augment, to_devices
 from tests.conftest import assert_same_tree, tiny_config
 from tests.reference import reference_sgd
@@ -43,7 +45,7 @@ def _train(config, devices, batches):
   mesh = placement.make_mesh(devices)
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
-  step = per_device.make_train_step(model, _paper(config), config.seed, mesh)
+  step = steps.make_train_step(model, _paper(config), config.seed, mesh)
   losses = []
   for batch in batches:
     state, metrics = step(state, placement.shard_batch(batch, mesh))
@@ -75,7 +77,7 @@ def test_eval_counts_every_real_example_once_and_no_padding():
   params = train.create_train_state(config, model, mesh).params
   batch = _batches(config, 1, seed=1)[0]
   mask = np.array([1, 1, 1, 0, 1, 1, 0, 0], np.float32)   # 5 real examples
-  counts = per_device.make_eval_step(model, _centre(config), mesh)(
+  counts = steps.make_eval_step(model, _centre(config), mesh)(
       [params], placement.shard_batch({**batch, 'mask': mask}, mesh))
   # Reference: the model on the real examples alone, on one device, without the mapped step.
   real = mask.astype(bool)
@@ -104,7 +106,7 @@ def test_ensemble_of_ten_patches_averages_the_softmax_over_models_and_patches():
   labels = rng.integers(0, 10, b).astype(np.int32)
   mask = np.ones(b, np.float32)
   aug = augment.Augmentation(image_size=size, mean=np.float32(MEAN), std=np.float32(STD))
-  counts = per_device.make_eval_step(model, aug, mesh, ten_patches=True)(
+  counts = steps.make_eval_step(model, aug, mesh, ten_patches=True)(
       members, placement.shard_batch({'image': images, 'label': labels, 'mask': mask}, mesh))
   # Reference: NumPy slices of the corners and the centre, and their reflections; the
   # softmax of each model on each patch, averaged.
@@ -133,8 +135,8 @@ def test_nothing_compiles_after_the_first_steps():
   dataset = data.create(config, config.global_batch_size)
   model = train.create_model(config, dataset.num_classes)
   state = train.create_train_state(config, model, mesh)
-  train_step = per_device.make_train_step(model, _paper(config), config.seed, mesh)
-  eval_step = per_device.make_eval_step(model, _paper(config), mesh)
+  train_step = steps.make_train_step(model, _paper(config), config.seed, mesh)
+  eval_step = steps.make_eval_step(model, _paper(config), mesh)
   compiles = []
 
   def on_event(event, duration, **kwargs):
@@ -173,7 +175,7 @@ def test_two_devices_take_the_papers_update_written_out_with_mean_std_and_colour
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
   init = jax.device_get(state.params)
-  step = per_device.make_train_step(model, augment.from_config(config), config.seed, mesh)
+  step = steps.make_train_step(model, augment.from_config(config), config.seed, mesh)
   losses, norms = [], []
   for batch in batches:
     state, metrics = step(state, placement.shard_batch(batch, mesh))
@@ -195,7 +197,7 @@ def _one_step(config, devices, batch, step_number=0):
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
   state = state.replace(step=jax.device_put(np.int32(step_number), state.step.sharding))
-  step = per_device.make_train_step(model, _centre(config), config.seed, mesh)
+  step = steps.make_train_step(model, _centre(config), config.seed, mesh)
   state, metrics = step(state, placement.shard_batch(batch, mesh))
   return float(metrics['loss']), jax.device_get(state.params)
 
@@ -251,7 +253,7 @@ def test_a_step_whose_loss_is_not_finite_leaves_the_state_as_it_was():
   mesh = placement.make_mesh()
   model = train.create_model(config, num_classes=10)
   state = train.create_train_state(config, model, mesh)
-  step = per_device.make_train_step(model, _paper(config), config.seed, mesh)
+  step = steps.make_train_step(model, _paper(config), config.seed, mesh)
   batch = placement.shard_batch(_batches(config, 1, seed=4)[0], mesh)
   state, first = step(state, batch)
   assert bool(first['finite'])

@@ -3,7 +3,7 @@
 import ml_collections
 import pytest
 
-from alexnet_jax import summaries
+from alexnet_jax.loop import summaries
 from alexnet_jax.commands import plot_curves
 
 

@@ -12,7 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, placement
+from alexnet_jax import errors
+from alexnet_jax.parallel import placement
 from alexnet_jax.data import loader, shared_batches, synthetic, to_devices
 
 

@@ -14,7 +14,8 @@ import time
 
 import pytest
 
-from alexnet_jax import data, processes, train
+from alexnet_jax import data, train
+from alexnet_jax.benchmarking import processes
 from alexnet_jax.data import synthetic
 from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
 

@@ -12,7 +12,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from alexnet_jax import color_stats, errors, storage, train
+from alexnet_jax import errors, train
+from alexnet_jax.workdir import color_stats, storage
 from tests.conftest import assert_same_tree, run_config, saved_state
 
 
@@ -120,7 +121,7 @@ def test_a_full_disk_under_the_summaries_stops_the_run_and_the_next_run_loses_no
   """TensorBoard's event writer meets a full disk at step 4's summaries, before step 4 is
   saved: the run stops with a message, checkpoint 2 stays, and a rerun ends where a run that
   never stopped ends."""
-  from alexnet_jax import summaries
+  from alexnet_jax.loop import summaries
   writer = summaries.event_file_writer.EventFileWriter
   add_event = writer.add_event
 

@@ -10,7 +10,8 @@ import pytest
 import simplejpeg
 from jax.sharding import PartitionSpec as P
 
-from alexnet_jax import errors, placement
+from alexnet_jax import errors
+from alexnet_jax.parallel import placement
 from alexnet_jax.data import batch_reader, gpu_decode, loader, prepare, store, to_devices
 from alexnet_jax.data.host_batch import DecodeSplit
 from tests.conftest import write_image_folder

@@ -14,8 +14,9 @@ import zipfile
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, torch_file, torch_save, torchvision_layout
+from alexnet_jax import errors
 from alexnet_jax.commands import weights
+from alexnet_jax.interop import torch_file, torch_save, torchvision_layout
 from configs import alexnet
 
 DATA = pathlib.Path(__file__).parent / 'data'

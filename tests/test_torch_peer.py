@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import torch_peer
+from alexnet_jax.benchmarking import torch_peer
 from alexnet_jax.commands import benchmark
 from alexnet_jax.data import imagenet_color
 

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 from numpy.lib.stride_tricks import sliding_window_view
 
-from alexnet_jax import (class_names, errors, model_record, torch_file, torch_save,
-                         torchvision_layout, train, workdir_checkpoints)
+from alexnet_jax import errors, train
+from alexnet_jax.interop import class_names, torch_file, torch_save, torchvision_layout
+from alexnet_jax.workdir import model_record, trained
 from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import NUM_DEVICES, assert_same_tree, saved_state
@@ -65,7 +66,7 @@ def imported(tmp_path_factory):
 
 def _logits(workdir: str, images: np.ndarray) -> np.ndarray:
   record = model_record.read(workdir)
-  params, _ = workdir_checkpoints.restore_saved_params(workdir, 'latest')
+  params, _ = trained.restore_saved_params(workdir, 'latest')
   model = train.create_model(record.config, int(params['fc8']['bias'].shape[0]))
   return np.asarray(model.apply({'params': params}, images, train=False))
 

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from alexnet_jax import summaries
+from alexnet_jax.loop import summaries
 from alexnet_jax.benchmarking import throughput
 from alexnet_jax.data import loader
 

@@ -15,7 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models, optim, per_device, placement
+from alexnet_jax import models, optim
+from alexnet_jax.parallel import placement, steps
 from alexnet_jax.benchmarking.clock import Clock
 from alexnet_jax.data import augment, loader, store, to_devices
 
@@ -58,19 +59,19 @@ def _data(split: loader.Split, size: int, batch: int, reading: loader.Reading):
 
 
 def input_alone(split: loader.Split, size: int, batch: int, reading: loader.Reading,
-                steps: int, warmup: int) -> tuple[float, float]:
+                num_steps: int, warmup: int) -> tuple[float, float]:
   """(images/s, cores used) of the loader alone."""
   stream = _data(split, size, batch, reading).train_batches(0)
   try:
     for _ in range(warmup):
       next(stream)
     with Clock() as clock:
-      for _ in range(steps):
+      for _ in range(num_steps):
         next(stream)
       clock.stop()
   finally:
     stream.close()
-  return steps * batch / clock.wall, clock.cores
+  return num_steps * batch / clock.wall, clock.cores
 
 
 class Step:
@@ -83,43 +84,43 @@ class Step:
     self.state = placement.init_train_state(self.model, optim.paper_sgd(0.01), image_size, 0,
                                            self.mesh)
     self.spec = placement.batch_spec(self.model, self.mesh)
-    self.step = per_device.make_train_step(self.model, augment.imagenet(image_size), 0,
+    self.step = steps.make_train_step(self.model, augment.imagenet(image_size), 0,
                                          self.mesh)
 
-  def run(self, batches, steps: int, warmup: int) -> Clock:
-    """`steps` steps on `batches` (an iterator of device batches), timed."""
+  def run(self, batches, num_steps: int, warmup: int) -> Clock:
+    """`num_steps` steps on `batches` (an iterator of device batches), timed."""
     for _ in range(warmup):
       self.state, metrics = self.step(self.state, next(batches))
     jax.block_until_ready(self.state)
     with Clock() as clock:
-      for _ in range(steps):
+      for _ in range(num_steps):
         self.state, metrics = self.step(self.state, next(batches))
       jax.block_until_ready((self.state, metrics))
       clock.stop()
     return clock
 
 
-def step_alone(step: Step, size: int, batch: int, steps: int, warmup: int):
+def step_alone(step: Step, size: int, batch: int, num_steps: int, warmup: int):
   """(images/s, cores used, training thread's CPU ms per step)."""
   rng = np.random.default_rng(0)
   on_devices = placement.shard_batch({
       'image': rng.integers(0, 256, (batch, size, size, 3), np.uint8),
       'label': rng.integers(0, 1000, (batch,), np.int32)}, step.mesh, step.spec)
-  clock = step.run(iter(lambda: on_devices, None), steps, warmup)
-  return steps * batch / clock.wall, clock.cores, 1000 * clock.thread / steps
+  clock = step.run(iter(lambda: on_devices, None), num_steps, warmup)
+  return num_steps * batch / clock.wall, clock.cores, 1000 * clock.thread / num_steps
 
 
 def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader.Reading,
-         steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0):
+         num_steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0):
   """(images/s, cores used, training thread's CPU ms per step) of the loader's batches,
   copied to the devices on its background thread (and with `decoder` their JPEGs decoded
   there, but `host_share` of each device's rows), trained on."""
   batches = _on_devices(step, split, size, batch, reading, staging, decoder, host_share)
   try:
-    clock = step.run(batches, steps, warmup)
+    clock = step.run(batches, num_steps, warmup)
   finally:
     batches.close()
-  return steps * batch / clock.wall, clock.cores, 1000 * clock.thread / steps
+  return num_steps * batch / clock.wall, clock.cores, 1000 * clock.thread / num_steps
 
 
 def _on_devices(step: Step, split: loader.Split, size: int, batch: int,
@@ -131,7 +132,7 @@ def _on_devices(step: Step, split: loader.Split, size: int, batch: int,
 
 
 def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
-                     reading: loader.Reading, steps: int, warmup: int, decoder,
+                     reading: loader.Reading, num_steps: int, warmup: int, decoder,
                      host_share: float = 0.0):
   """(images/s, cores used, None) of the loader's batches put on the devices, decoded there
   by `decoder` (but `host_share` of each device's rows), without a step."""
@@ -140,16 +141,16 @@ def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
     for _ in range(warmup):
       next(batches)
     with Clock() as clock:
-      for _ in range(steps):
+      for _ in range(num_steps):
         jax.block_until_ready(next(batches))
       clock.stop()
   finally:
     batches.close()
-  return steps * batch / clock.wall, clock.cores, None
+  return num_steps * batch / clock.wall, clock.cores, None
 
 
 def compare_inputs(split: loader.Split, size: int, batch: int, readings, rounds: int,
-                   steps: int, warmup: int, decode: store.StoreSplit | None = None) -> dict:
+                   num_steps: int, warmup: int, decode: store.StoreSplit | None = None) -> dict:
   """{reading: (median images/s, median cores used)}, and {'decode alone': ...} with `decode`
   (a store of JPEGs): the rows measured in turns, `rounds` times, so that whatever else the
   machine does slows each alike."""
@@ -159,9 +160,9 @@ def compare_inputs(split: loader.Split, size: int, batch: int, readings, rounds:
     for reading in results:
       if reading in decoders:
         processes = 1 if reading == DECODE_ALONE else loader.cores()
-        results[reading].append(decode_alone(decode, batch * steps, processes))
+        results[reading].append(decode_alone(decode, batch * num_steps, processes))
       else:
-        results[reading].append(input_alone(split, size, batch, reading, steps, warmup))
+        results[reading].append(input_alone(split, size, batch, reading, num_steps, warmup))
   return {reading: (statistics.median(r for r, _ in runs), statistics.median(c for _, c in runs))
           for reading, runs in results.items()}
 

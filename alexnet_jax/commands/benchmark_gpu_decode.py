@@ -24,7 +24,7 @@ import jax
 import numpy as np
 import simplejpeg
 
-from alexnet_jax import placement, platform
+from alexnet_jax.parallel import backend, placement
 from alexnet_jax.benchmarking import table, throughput
 from alexnet_jax.data import gpu_decode, loader, store, to_devices
 
@@ -122,7 +122,7 @@ def check_trainers_path(path: str, decoder, batch: int, steps: int = 3) -> tuple
 def main(args):
   device = jax.local_devices()[0]
   jpegs, size = _jpegs(args.store, args.images)
-  dtype = platform.compute_dtype('auto')
+  dtype = backend.compute_dtype('auto')
   print(f'jax {jax.__version__}, {device.device_kind}; {len(jpegs)} JPEGs of {size}x{size} from '
         f'{args.store}, {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB on average',
         flush=True)

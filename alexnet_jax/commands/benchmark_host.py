@@ -39,7 +39,8 @@ import time
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 import jax  # noqa: E402  (after the variable above)
 
-from alexnet_jax import platform, summaries
+from alexnet_jax.loop import summaries
+from alexnet_jax.parallel import backend
 from alexnet_jax.benchmarking import photo_like, table, throughput
 from alexnet_jax.data import gpu_decode, loader, store
 
@@ -89,7 +90,7 @@ def main(args):
   source = prepared.source_of('train')
   split = loader.Split(source, 0, len(source))
   size = prepared.image_size
-  dtype = args.dtype or platform.compute_dtype('auto')
+  dtype = args.dtype or backend.compute_dtype('auto')
   workers, threads = loader.auto_resources()
   trainers = loader.Reading(workers=workers, threads=threads)
   device = jax.local_devices()[0]
@@ -107,7 +108,7 @@ def main(args):
   if trainers.workers > 0:
     readings.append(trainers)
   for reading, (rate, cores) in throughput.compare_inputs(
-      split, size, args.input_batch, readings, rounds=2, steps=args.steps, warmup=args.warmup,
+      split, size, args.input_batch, readings, rounds=2, num_steps=args.steps, warmup=args.warmup,
       decode=source).items():
     if reading == throughput.DECODE_ALONE:
       what = 'decode alone: the stored JPEGs, one thread'
@@ -119,7 +120,7 @@ def main(args):
   for model in args.models.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       step = throughput.Step(model, args.width, dtype, args.image_size)
-      measure = dict(batch=batch, steps=args.steps, warmup=args.warmup)
+      measure = dict(batch=batch, num_steps=args.steps, warmup=args.warmup)
       step_rate, cores, host_ms = throughput.step_alone(step, size, **measure)
       row(f'{model}, batch {batch}: step alone', step_rate, cores, None, host_ms)
       rate, cores, host_ms = throughput.loop(step, split, size, reading=trainers, **measure)

@@ -38,7 +38,8 @@ import pathlib
 import jax
 import numpy as np
 
-from alexnet_jax import models, platform
+from alexnet_jax import models
+from alexnet_jax.parallel import backend
 from alexnet_jax.benchmarking import photo_like, table, throughput
 from alexnet_jax.benchmarking.throughput import (DECODE_ALONE, DECODE_EVERY_CORE, Step,
                                                  compare_inputs, describe_reading,
@@ -63,8 +64,8 @@ def main(args):
   if args.photo_like:
     store_path = str(photo_like.prepare_store(pathlib.Path(args.work).expanduser(), args.photo_like,
                                         args.stored_size))
-  dtype = args.dtype or platform.compute_dtype('auto')
-  rows, measure = [], dict(batch=args.batch, steps=args.steps, warmup=args.warmup)
+  dtype = args.dtype or backend.compute_dtype('auto')
+  rows, measure = [], dict(batch=args.batch, num_steps=args.steps, warmup=args.warmup)
   if store_path:
     prepared = store.open_store(pathlib.Path(store_path).expanduser())
     size, source = prepared.image_size, prepared.source_of('train')

@@ -25,8 +25,10 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from alexnet_jax import (class_names, color_stats, command_line, distributed, errors, model_record,
-                         orbax_logs, train, workdir_checkpoints)
+from alexnet_jax import command_line, errors, train
+from alexnet_jax.interop import class_names
+from alexnet_jax.parallel import distributed
+from alexnet_jax.workdir import color_stats, model_record, orbax_logs, trained
 from alexnet_jax.data import augment, decode, image_files
 
 
@@ -51,7 +53,7 @@ def load(workdir: str, which: str = 'latest', config=None) -> Classifier:
           'pass the config it was trained with, e.g. --config=configs/alexnet.py:owt and the '
           'overrides it used.')
     config = record.config
-  params, step = workdir_checkpoints.restore_saved_params(workdir, which)
+  params, step = trained.restore_saved_params(workdir, which)
   num_classes = int(params['fc8']['bias'].shape[0])
   model = train.create_model(config, num_classes)
   aug = color_stats.augmentation(config, workdir)

@@ -25,9 +25,10 @@ from absl import flags
 from etils import epath
 from flax.training import train_state
 
-from alexnet_jax import (checkpointing, class_names, command_line, distributed, model_record, optim,
-                         orbax_logs, storage, torch_file, torch_save, torchvision_layout,
-                         train, workdir_checkpoints)
+from alexnet_jax import command_line, optim, train
+from alexnet_jax.interop import class_names, torch_file, torch_save, torchvision_layout
+from alexnet_jax.parallel import distributed
+from alexnet_jax.workdir import checkpointing, model_record, orbax_logs, storage, trained
 from alexnet_jax.errors import ConfigError, UserFacingError
 
 IMPORTED_STEP = 0
@@ -83,7 +84,7 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
     raise ConfigError(f"{workdir} holds a {config.model!r} AlexNet; only 'owt' has "
                       "torchvision's layout (the paper's two towers and LRN have no "
                       'torchvision counterpart).')
-  params, step = workdir_checkpoints.restore_saved_params(workdir, which)
+  params, step = trained.restore_saved_params(workdir, which)
   try:
     state_dict = torchvision_layout.to_torchvision(params)
   except torchvision_layout.LayoutError as e:

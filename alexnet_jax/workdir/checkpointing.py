@@ -24,7 +24,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax import orbax_logs, storage
+from alexnet_jax.workdir import orbax_logs, storage
 from alexnet_jax.errors import CheckpointError, ConfigError, StorageError
 
 # How tensorstore reports data that is not there or not whole (absl status codes), and

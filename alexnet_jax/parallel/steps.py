@@ -21,10 +21,10 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from alexnet_jax import placement
+from alexnet_jax.parallel import placement
 from alexnet_jax import models
 from alexnet_jax.data import augment
-from alexnet_jax.placement import BATCH_AXIS, MODEL_AXIS
+from alexnet_jax.parallel.placement import BATCH_AXIS, MODEL_AXIS
 
 
 @dataclasses.dataclass(frozen=True)

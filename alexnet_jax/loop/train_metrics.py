@@ -11,15 +11,16 @@ import queue
 import jax
 import numpy as np
 
-from alexnet_jax import errors, progress
+from alexnet_jax import errors
+from alexnet_jax.loop import progress_line
 
 
 class MetricsLog:
   """Training metrics kept on the devices between logs, then checked, averaged and written
   with the progress since the last log."""
 
-  def __init__(self, writer, steps_per_epoch: int, progress_: progress.Progress):
-    self._writer, self._steps_per_epoch, self._progress = writer, steps_per_epoch, progress_
+  def __init__(self, writer, steps_per_epoch: int, progress: progress_line.Progress):
+    self._writer, self._steps_per_epoch, self._progress = writer, steps_per_epoch, progress
     self._pending = []
     # Damaged records skipped, by step: told by the loader's thread, ahead of the steps.
     self._skips, self._skips_told = collections.Counter(), queue.SimpleQueue()

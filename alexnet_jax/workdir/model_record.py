@@ -8,7 +8,7 @@ import json
 import ml_collections
 from etils import epath
 
-from alexnet_jax import storage
+from alexnet_jax.workdir import storage
 
 FILENAME = 'model.json'
 

@@ -5,7 +5,7 @@ only read, never changed."""
 import jax
 import numpy as np
 
-from alexnet_jax import checkpointing, storage
+from alexnet_jax.workdir import checkpointing, storage
 from alexnet_jax.errors import CheckpointError, ConfigError
 
 # Where runs of earlier versions kept their best checkpoint, a copy of it.

@@ -12,7 +12,7 @@ import logging
 import jax
 import numpy as np
 
-from alexnet_jax import model_record, storage, workdir_checkpoints
+from alexnet_jax.workdir import model_record, storage, trained
 from alexnet_jax.errors import ConfigError
 
 LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')   # both variants'
@@ -45,8 +45,8 @@ def initial_params(config, params):
   """`params` (this run's initialisation, placed on its mesh) with the layers of
   `config.init_from` in place of its own, placed the same way."""
   source = config.init_from
-  which = 'best' if workdir_checkpoints.best_step(source) is not None else 'latest'
-  saved, step = workdir_checkpoints.restore_saved_params(source, which)
+  which = 'best' if trained.best_step(source) is not None else 'latest'
+  saved, step = trained.restore_saved_params(source, which)
   fresh = set(reinit_layers(config))
   differences = []
   for layer in sorted(params):

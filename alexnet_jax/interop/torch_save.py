@@ -11,7 +11,7 @@ import zipfile
 import numpy as np
 from etils import epath
 
-from alexnet_jax.torch_file import STORAGE_DTYPES
+from alexnet_jax.interop.torch_file import STORAGE_DTYPES
 
 _STORAGE_NAMES = {np.dtype(dtype): name for name, dtype in STORAGE_DTYPES.items()}
 _ALIGNMENT = 64   # torch.save starts each storage's bytes at a multiple of 64 (for mmap)

@@ -25,7 +25,7 @@ from tensorboard.plugins.hparams import summary_v2 as hparams_summary
 from tensorboard.summary.writer import event_file_writer
 from tensorboard.util import tensor_util
 
-from alexnet_jax import storage
+from alexnet_jax.workdir import storage
 
 
 class Summaries:

@@ -11,7 +11,7 @@ import traceback
 
 from absl import logging as absl_logging
 
-from alexnet_jax import storage
+from alexnet_jax.workdir import storage
 
 
 def _from_orbax(record) -> bool:

@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alexnet_jax import storage
+from alexnet_jax.workdir import storage
 from alexnet_jax.data import augment
 from alexnet_jax.errors import ConfigError
 
