@@ -222,7 +222,7 @@ def test_classify_reads_and_refuses_exactly_the_files_prepare_does(tmp_path):
   assert why[str(root / 'train' / 'a' / 'fifo.jpg')] == 'cannot be read (a FIFO, not a regular file)'
   assert why[str(root / 'train' / 'a' / 'big.bmp')] == (
       'cannot be read (20,002 bytes, over the cap of 16,384 bytes an image may have '
-      '(max_image_bytes))')
+      '(prepare and classify take --max_image_bytes))')
   assert 'a JPEG cut short' in why[str(root / 'train' / 'a' / 'grey.jpg')]
   assert 'not a JPEG, PNG, GIF or BMP file' in why[str(root / 'train' / 'a' / 'tiff.png')]
   store = prepare.prepare(f'image_folder:{root}', str(tmp_path / 'store'),

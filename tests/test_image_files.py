@@ -46,7 +46,8 @@ def test_a_file_over_the_byte_cap_is_named_with_the_cap(tmp_path):
   path = tmp_path / 'large.jpg'
   path.write_bytes(b'\xff\xd8' + bytes(1998))
   limits = image_files.Limits(max_bytes=1000)
-  message = '2,000 bytes, over the cap of 1,000 bytes an image may have (max_image_bytes)'
+  message = ('2,000 bytes, over the cap of 1,000 bytes an image may have '
+             '(prepare and classify take --max_image_bytes)')
   with pytest.raises(image_files.UnreadableImage, match=f'^{re.escape(message)}$'):
     image_files.read(path, limits)
   assert image_files.why_unreadable(path, limits) == message

@@ -66,7 +66,7 @@ def square(encoded: bytes, size: int, max_pixels: int = MAX_PIXELS) -> np.ndarra
 def _check_pixels(width: int, height: int, max_pixels: int) -> None:
   if width * height > max_pixels:
     raise UndecodableImage(f'{width}x{height} pixels, over the cap of {max_pixels:,} pixels an '
-                           'image may have (max_image_pixels)')
+                           'image may have (prepare and classify take --max_image_pixels)')
 
 
 def _decode_jpeg(encoded: bytes, size: int, max_pixels: int) -> np.ndarray | None:

@@ -55,7 +55,7 @@ def _open_regular(path: str, limits: Limits):
 def _check_bytes(size: int, limits: Limits) -> None:
   if size > limits.max_bytes:
     raise UnreadableImage(f'{size:,} bytes, over the cap of {limits.max_bytes:,} bytes an image '
-                          'may have (max_image_bytes)')
+                          'may have (prepare and classify take --max_image_bytes)')
 
 
 def read(path, limits: Limits = Limits()) -> bytes:
