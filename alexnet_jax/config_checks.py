@@ -8,9 +8,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from alexnet_jax import models, optim
-from alexnet_jax.workdir import storage
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.workdir import storage
 
 DTYPES = ('auto', 'float32', 'bfloat16')
 

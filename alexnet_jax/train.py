@@ -19,11 +19,11 @@ from clu import parameter_overview
 from flax.training import train_state
 
 from alexnet_jax import config_checks, data, errors, models, optim
-from alexnet_jax.loop import evaluate, progress_line, summaries, timers, train_metrics
+from alexnet_jax.data import to_devices
+from alexnet_jax.loop import (evaluate, progress_line, stopping, summaries, timers,
+                              train_metrics)
 from alexnet_jax.parallel import backend, placement, steps
 from alexnet_jax.workdir import checkpointing, color_stats, init_from, model_record, storage
-from alexnet_jax.loop import stopping
-from alexnet_jax.data import to_devices
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -168,7 +168,7 @@ class _Run:
     config, loop_state = self.config, self.loop_state
     root = storage.workdir_path(workdir)
     self.checkpoints = checkpointing.Checkpoints(
-        str(root / 'checkpoints'), keep=config.keep_checkpoints,
+        str(checkpointing.folder(workdir)), keep=config.keep_checkpoints,
         best_step=lambda: loop_state.best_step if config.keep_best_checkpoint else None)
     restored = self.checkpoints.restore(state)
     if restored is None and config.init_from:

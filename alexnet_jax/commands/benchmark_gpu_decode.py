@@ -24,9 +24,9 @@ import jax
 import numpy as np
 import simplejpeg
 
-from alexnet_jax.parallel import backend, placement
 from alexnet_jax.benchmarking import table, throughput
-from alexnet_jax.data import gpu_decode, loader, store, to_devices
+from alexnet_jax.data import gpu_decode, image_source, loader, store, to_devices
+from alexnet_jax.parallel import backend, placement
 
 
 def _jpegs(path: str, count: int) -> tuple[list[np.ndarray], int]:
@@ -97,7 +97,7 @@ def check_trainers_path(path: str, decoder, batch: int, steps: int = 3) -> tuple
   put on the devices with `decoder` decoding 3/4 of each device's rows, and the host's."""
   prepared = store.open_store(pathlib.Path(path).expanduser())
   source = prepared.source_of('train')
-  split = loader.Split(source, 0, len(source))
+  split = image_source.Split(source, 0, len(source))
   data = loader.make_data(split, split, name=path, num_classes=len(prepared.classes),
                           image_size=prepared.image_size, global_batch=batch, seed=0,
                           reading=loader.Reading(workers=0, threads=4))

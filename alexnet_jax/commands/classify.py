@@ -26,10 +26,10 @@ from absl import flags
 from etils import epath
 
 from alexnet_jax import command_line, errors, train
+from alexnet_jax.data import augment, decode, image_files
 from alexnet_jax.interop import class_names
 from alexnet_jax.parallel import distributed
 from alexnet_jax.workdir import color_stats, model_record, orbax_logs, trained
-from alexnet_jax.data import augment, decode, image_files
 
 
 @dataclasses.dataclass(frozen=True)

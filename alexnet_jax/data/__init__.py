@@ -24,7 +24,7 @@ importer of the optional GPU decoder).
 
 from etils import epath
 
-from alexnet_jax.data import image_folder, loader, splits, store, synthetic
+from alexnet_jax.data import image_folder, image_source, loader, splits, store, synthetic
 from alexnet_jax.data.loader import Data
 from alexnet_jax.errors import DataError
 
@@ -83,7 +83,7 @@ def create(config, global_batch_size: int, process_index: int = 0, process_count
                         '--config.eval_split to those.')
     sources = {spec: prepared.source_of(spec.name) for spec in (train_spec, eval_spec)}
     classes, class_names = len(prepared.classes), prepared.classes
-  train, evaluation = (loader.Split(sources[spec], *spec.bounds(len(sources[spec])))
+  train, evaluation = (image_source.Split(sources[spec], *spec.bounds(len(sources[spec])))
                        for spec in (train_spec, eval_spec))
   return loader.make_data(train, evaluation, name=config.dataset, num_classes=classes,
                           image_size=size, global_batch=global_batch_size, seed=config.seed,

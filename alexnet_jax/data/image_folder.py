@@ -24,7 +24,7 @@ import pathlib
 
 import numpy as np
 
-from alexnet_jax.data import decode, image_files, loader
+from alexnet_jax.data import decode, image_files, image_source
 from alexnet_jax.errors import DataError
 
 PREFIX = 'image_folder:'
@@ -121,7 +121,7 @@ def open_folder(root, split_names, imagenet_wnid_labels: bool = False,
   return Folder(root, tuple(class_names), splits)
 
 
-class FolderSplit(loader.ImageSource):
+class FolderSplit(image_source.ImageSource):
   """One split of a folder: its images by index, each file decoded and resized as it is read.
 
   A file that passed the listing's checks but still fails to decode is logged

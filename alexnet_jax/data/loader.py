@@ -28,7 +28,6 @@ Batches are `host_batch.HostBatch`es. Given `put` (host batch -> device batch,
 so the training thread only dispatches steps.
 """
 
-import abc
 import contextlib
 import dataclasses
 import functools
@@ -41,12 +40,12 @@ import time
 from typing import Callable, Iterator
 
 import grain
-import numpy as np
 from absl import flags
 
 from alexnet_jax.data import shared_batches
 from alexnet_jax.data.batch_reader import BatchReader
 from alexnet_jax.data.host_batch import HostBatch
+from alexnet_jax.data.image_source import Split
 from alexnet_jax.errors import DataError
 
 # Batches on the devices ahead of the step (with `put`).
@@ -55,42 +54,6 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Slots a pool lends at once: the batch being copied to the devices, and a few the consumer
 # keeps meanwhile; a consumer that keeps more gets copies.
 _LENDABLE = 4
-
-
-class ImageSource(abc.ABC):
-  """A split's square uint8 images by index, each decoded into an array it is given."""
-  image_size: int
-  stores_jpegs = False   # whether `jpeg` gives every image's stored JPEG
-
-  @abc.abstractmethod
-  def __len__(self) -> int:
-    ...
-
-  @abc.abstractmethod
-  def read_into(self, index: int, out: np.ndarray) -> int:
-    """Writes image `index` into `out` (uint8 [S, S, 3]) and returns its label."""
-
-  def jpeg(self, index: int) -> tuple[int, memoryview] | None:
-    """(label, the stored JPEG of image `index`, already `image_size` square) where the source
-    keeps one, for a device to decode; None where only the host can decode it."""
-    del index
-    return None
-
-  def __getitem__(self, index: int) -> dict:
-    image = np.empty((self.image_size, self.image_size, 3), np.uint8)
-    return {'image': image, 'label': np.int32(self.read_into(int(index), image))}
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """An image source and the slice [start, stop) of it that is the split."""
-  source: ImageSource
-  start: int
-  stop: int
-
-  @property
-  def examples(self) -> int:
-    return self.stop - self.start
 
 
 @dataclasses.dataclass(frozen=True)

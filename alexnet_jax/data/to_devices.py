@@ -13,9 +13,9 @@ it returns.
 import jax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from alexnet_jax.parallel import placement
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.data.host_batch import DecodeSplit, HostBatch
+from alexnet_jax.parallel import placement
 from alexnet_jax.parallel.placement import BATCH_AXIS
 
 
