@@ -8,19 +8,23 @@ import subprocess
 import sys
 
 import jax
+import ml_collections
 import numpy as np
 import pytest
+from PIL import Image
 
 from alexnet_jax import data, train
 from alexnet_jax.commands import classify, weights
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
-from alexnet_jax.data import image_folder
-from alexnet_jax.interop import class_names, torch_file
+from alexnet_jax.data import image_files, image_folder, prepare
+from alexnet_jax.interop import class_names, torch_save
 from alexnet_jax.parallel import placement, steps
 from alexnet_jax.workdir import color_stats, trained
 from configs import alexnet
 from tests.commands import test_weights
 from tests.conftest import IMAGENETTE, NUM_DEVICES
+from tests.data.test_image_files import finishes_within
+from tests.data.test_prepare import add_hostile_files
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 needs_imagenette = pytest.mark.skipif(
@@ -65,7 +69,7 @@ def imported(tmp_path_factory):
                   ).astype(np.float32)
            for name, shape in test_weights.torch_shapes(width=1 / 64, num_classes=1000).items()}
   weights_file = tmp_path_factory.mktemp('file') / 'narrow.pth'
-  torch_file.write_state_dict(weights_file, state)
+  torch_save.write_state_dict(weights_file, state)
   workdir = str(tmp_path_factory.mktemp('work'))
   weights.import_weights(str(weights_file), workdir, alexnet.get_config('torchvision'))
   # How evaluate_workdirs reads the same workdir on this folder.
@@ -191,3 +195,49 @@ def test_the_command_prints_json_and_exits_1_naming_the_bad_image(imported, tmp_
       class_names.imagenet_wordnet().values())
   assert out['errors'][0]['image'] == str(bad)
   assert f'error: {bad} cannot be decoded' in result.stderr
+
+
+def _uniform_classifier(size: int) -> classify.Classifier:
+  """Equal probabilities for 2 classes: what is read, not what a model says, is tested."""
+  return classify.Classifier(ml_collections.ConfigDict({'resize_size': size}),
+                             lambda images, ten_patches: np.full((len(images), 2), 0.5),
+                             ('a', 'b'), ['a', 'b'], 0)
+
+
+def test_classify_reads_and_refuses_exactly_the_files_prepare_does(tmp_path):
+  root = tmp_path / 'images'
+  for split in ('train', 'val'):
+    (root / split / 'a').mkdir(parents=True)
+    for i in range(2):
+      pixels = np.random.default_rng(i).integers(0, 256, (50 + 10 * i, 60, 3), np.uint8)
+      Image.fromarray(pixels).save(root / split / 'a' / f'{i}.jpg', quality=90)
+  add_hostile_files(root / 'train' / 'a')
+  (root / 'train' / 'a' / 'big.bmp').write_bytes(b'BM' + bytes(20_000))   # over a cap of 16 KiB
+  limits = image_files.Limits(max_bytes=2**14)
+  paths, missing = finishes_within(30, classify.image_paths, [str(root / 'train' / 'a')])
+  assert not missing and len(paths) == 9
+  results, failures = finishes_within(60, classify.classify, _uniform_classifier(32), paths,
+                                      batch_size=4, limits=limits)
+  why = dict(failures)
+  assert why[str(root / 'train' / 'a' / 'fifo.jpg')] == 'cannot be read (a FIFO, not a regular file)'
+  assert why[str(root / 'train' / 'a' / 'big.bmp')] == (
+      'cannot be read (20,002 bytes, over the cap of 16,384 bytes an image may have '
+      '(prepare and classify take --max_image_bytes))')
+  assert 'a JPEG cut short' in why[str(root / 'train' / 'a' / 'grey.jpg')]
+  assert 'not a JPEG, PNG, GIF or BMP file' in why[str(root / 'train' / 'a' / 'tiff.png')]
+  store = prepare.prepare(f'image_folder:{root}', str(tmp_path / 'store'),
+                          prepare.Options(size=32, workers=0, limits=limits), progress=False)
+  listed = image_folder.open_folder(root, ['train'], limits=limits).splits['train'][0]
+  skipped = {line.split(':')[0] for line in store.splits['train']['skipped']}
+  prepared = sorted(set(listed) - skipped)
+  assert prepared == sorted(r['image'] for r in results) == [
+      str(root / 'train' / 'a' / n) for n in ('0.jpg', '1.jpg', 'deep.png')]
+
+
+def test_a_folder_holding_links_to_itself_is_classified_once(tmp_path):
+  (tmp_path / 'photos').mkdir()
+  Image.fromarray(np.zeros((40, 40, 3), np.uint8)).save(tmp_path / 'photos' / 'x.jpg')
+  (tmp_path / 'photos' / 'self').symlink_to(tmp_path / 'photos')
+  (tmp_path / 'photos' / 'again').symlink_to('.')
+  paths, _ = finishes_within(30, classify.image_paths, [str(tmp_path / 'photos')])
+  assert paths == [str(tmp_path / 'photos' / 'x.jpg')]

@@ -15,7 +15,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from alexnet_jax import errors, train
 from alexnet_jax.commands import weights
-from alexnet_jax.interop import class_names, torch_file, torchvision_layout
+from alexnet_jax.interop import class_names, torch_file, torch_save, torchvision_layout
 from alexnet_jax.workdir import model_record, trained
 from configs import alexnet
 from tests.conftest import NUM_DEVICES, assert_same_tree, saved_state
@@ -109,7 +109,7 @@ def test_a_1000_class_file_records_imagenets_classes(tmp_path):
   rng = np.random.default_rng(0)
   state = {name: rng.normal(size=shape).astype(np.float32) for name, shape in
            torch_shapes(width=1 / 64, num_classes=1000).items()}
-  torch_file.write_state_dict(tmp_path / 'wide.pth', state)
+  torch_save.write_state_dict(tmp_path / 'wide.pth', state)
   weights.import_weights(str(tmp_path / 'wide.pth'), str(tmp_path / 'work'),
                          alexnet.get_config('torchvision'))
   names = model_record.read(str(tmp_path / 'work')).class_names
@@ -140,7 +140,7 @@ def test_another_architecture_is_named_with_its_keys_or_shapes(tmp_path):
   state = torch_file.read_state_dict(FIXTURE)
   state['features.3.weight'] = np.zeros((5, 1, 5, 5), np.float32)
   state['features.3.bias'] = np.zeros(5, np.float32)
-  torch_file.write_state_dict(tmp_path / 'wider_conv2.pth', state)
+  torch_save.write_state_dict(tmp_path / 'wider_conv2.pth', state)
   with pytest.raises(torchvision_layout.LayoutError,
                      match=r'features\.3\.weight: \(5, 1, 5, 5\) in the file, \(3, 1, 5, 5\) '
                            r'expected; features\.3\.bias: \(5,\) in the file, \(3,\) expected\. '):

@@ -1,6 +1,8 @@
 """Encoded images -> the paper's square, against Pillow."""
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
@@ -78,3 +80,50 @@ def test_damaged_files_raise_undecodable(damage):
              'not an image': b'hello, world' * 10}[damage]
   with pytest.raises(decode.UndecodableImage):
     decode.square(encoded, 64)
+
+
+def handmade_png(width: int, height: int, bit_depth: int = 8, colour_type: int = 2,
+                rows: bytes = b'') -> bytes:
+  """A PNG written by hand: its header says `width` x `height`, whatever `rows` hold."""
+  def chunk(kind: bytes, payload: bytes) -> bytes:
+    return (struct.pack('>I', len(payload)) + kind + payload +
+            struct.pack('>I', zlib.crc32(kind + payload)))
+  return (b'\x89PNG\r\n\x1a\n' +
+          chunk(b'IHDR', struct.pack('>IIBBBBB', width, height, bit_depth, colour_type, 0, 0, 0)) +
+          chunk(b'IDAT', zlib.compress(rows)) + chunk(b'IEND', b''))
+
+
+def test_an_image_over_the_pixel_cap_is_refused_from_its_header():
+  # 13000x13000 claimed by a PNG of 70 bytes: refused before a pixel is decoded.
+  with pytest.raises(decode.UndecodableImage,
+                     match=r'13000x13000 pixels, over the cap of 67,108,864 pixels'):
+    decode.square(handmade_png(13000, 13000), 64)
+  jpeg = _encode(_smooth_image(60, 80))   # through libjpeg-turbo's header
+  with pytest.raises(decode.UndecodableImage, match=r'80x60 pixels, over the cap of 4,799 pixels'):
+    decode.square(jpeg, 32, max_pixels=4799)
+  assert decode.square(jpeg, 32, max_pixels=4800).shape == (32, 32, 3)
+
+
+def test_16_bit_grayscale_is_scaled_to_8_bits_not_clipped():
+  samples = (np.arange(64 * 64, dtype=np.uint32).reshape(64, 64) * 16).astype(np.uint16)
+  rows = b''.join(b'\x00' + row.astype('>u2').tobytes() for row in samples)   # filter 0: none
+  ours = decode.square(handmade_png(64, 64, bit_depth=16, colour_type=0, rows=rows), 64)
+  expected = (samples >> 8).astype(np.uint8)   # the high byte of each sample
+  for channel in range(3):
+    np.testing.assert_array_equal(ours[..., channel], expected)
+
+
+def test_a_jpeg_cut_short_is_refused_even_with_its_end_marker():
+  whole = _encode(_smooth_image(100, 100), quality=95)
+  decode.square(whole, 64)
+  # libjpeg would fill the missing rows with grey and only warn.
+  with pytest.raises(decode.UndecodableImage, match='a JPEG cut short'):
+    decode.square(whole[:len(whole) * 6 // 10] + b'\xff\xd9', 64)
+
+
+def test_formats_are_told_by_content_not_by_name():
+  tiff = _encode(_smooth_image(40, 40), fmt='TIFF')   # Pillow reads it, but it is not one of ours
+  with pytest.raises(decode.UndecodableImage, match='not a JPEG, PNG, GIF or BMP file'):
+    decode.square(tiff, 32)
+  for fmt in ('PNG', 'GIF', 'BMP', 'JPEG'):
+    assert decode.format_of(_encode(_smooth_image(40, 40), fmt=fmt)) == fmt

@@ -18,6 +18,8 @@ from PIL import Image
 from alexnet_jax import data
 from alexnet_jax.data import prepare, store
 from tests.conftest import IMAGENETTE, NUM_DEVICES
+from tests.data.test_decode import handmade_png
+from tests.data.test_image_files import finishes_within
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 needs_imagenette = pytest.mark.skipif(
@@ -188,3 +190,45 @@ def test_raw_pixels_store_the_same_squares_as_the_decoder_makes(folder, tmp_path
   expected = data.decode.square((folder / 'val' / 'a' / '0.jpg').read_bytes(), 40)
   np.testing.assert_array_equal(first['image'], expected)
   assert int(first['label']) == 0
+
+
+def add_hostile_files(class_dir: pathlib.Path) -> np.ndarray:
+  """Files a careless or hostile folder holds, beside its images; returns the 8-bit image the
+  16-bit one, deep.png, must become."""
+  os.mkfifo(class_dir / 'fifo.jpg')                           # blocks whoever opens it
+  (class_dir / 'zero.jpg').symlink_to('/dev/zero')            # never ends
+  tiff = io.BytesIO()
+  Image.fromarray(np.full((40, 40, 3), 90, np.uint8)).save(tiff, 'TIFF')
+  (class_dir / 'tiff.png').write_bytes(tiff.getvalue())       # Pillow reads it; not ours
+  whole = (class_dir / '0.jpg').read_bytes()
+  (class_dir / 'grey.jpg').write_bytes(whole[:len(whole) * 6 // 10] + b'\xff\xd9')
+  (class_dir / 'huge.png').write_bytes(handmade_png(13000, 13000))   # a header, no pixels
+  samples = (np.arange(40 * 40, dtype=np.uint32).reshape(40, 40) * 40).astype(np.uint16)
+  rows = b''.join(b'\x00' + row.astype('>u2').tobytes() for row in samples)
+  (class_dir / 'deep.png').write_bytes(handmade_png(40, 40, bit_depth=16, colour_type=0,
+                                                    rows=rows))
+  return np.repeat((samples >> 8).astype(np.uint8)[..., None], 3, axis=-1)
+
+
+def test_fifos_devices_other_formats_cut_short_and_huge_images_are_skipped_and_named(
+    folder, tmp_path, caplog):
+  caplog.set_level(logging.WARNING)
+  deep = add_hostile_files(folder / 'train' / 'a')
+  (folder / 'train' / 'c').symlink_to(folder / 'train' / 'a')   # a class twice
+  out = tmp_path / 'store'
+  prepared = finishes_within(120, prepare.prepare, f'image_folder:{folder}', str(out),
+                             prepare.Options(size=40, encoding='raw', workers=0), progress=False)
+  a = folder / 'train' / 'a'
+  for line in (f'Skipping {a / "fifo.jpg"}: a FIFO, not a regular file',
+               f'Skipping {a / "zero.jpg"}: a character device, not a regular file',
+               f'Skipping {a / "tiff.png"}: not a JPEG, PNG, GIF or BMP file',
+               f'Skipping {folder / "train" / "c"}: a link to {a}, whose images are listed'):
+    assert line in caplog.text
+  skipped = json.loads((out / 'metadata.json').read_text())['splits']['train']['skipped']
+  assert [line.split(':')[0] for line in skipped] == [str(a / n) for n in (
+      'damaged.jpg', 'grey.jpg', 'huge.png')]
+  assert 'a JPEG cut short' in skipped[1]
+  assert '13000x13000 pixels, over the cap of 67,108,864 pixels' in skipped[2]
+  assert prepared.examples('train') == 19   # 9 in a, 9 in b, and deep.png
+  # Written in listing order: 0.jpg ... 8.jpg, then deep.png, its high bytes (not white).
+  np.testing.assert_array_equal(prepared.source_of('train')[9]['image'], deep)
