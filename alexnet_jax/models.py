@@ -13,6 +13,9 @@ from jax import lax
 
 from alexnet_jax import layers
 
+# Both variants' layers, in order: the names of their parameters.
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
 
 @dataclasses.dataclass(frozen=True)
 class Variant:

@@ -7,8 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import config_checks, errors, models, per_device, placement, train
+from alexnet_jax import config_checks, errors, models, train
 from alexnet_jax.data import augment
+from alexnet_jax.parallel import placement, steps
 from tests.conftest import tiny_config
 from tests.reference import ALL_REWRITES
 
@@ -154,7 +155,7 @@ def _float64_step(model: str, options: tuple) -> tuple:
     net = train.create_model(config, 10).clone(dtype=jnp.float64, **dict(options))
     state = train.create_train_state(config, net, mesh)
     init = jax.device_get(state.params)
-    step = per_device.make_train_step(net, augment.from_config(config), config.seed, mesh)
+    step = steps.make_train_step(net, augment.from_config(config), config.seed, mesh)
     state, metrics = step(state, placement.shard_batch(batch, mesh))
     return float(metrics['loss']), init, jax.device_get(state.params)
 

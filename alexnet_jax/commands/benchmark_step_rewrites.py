@@ -1,9 +1,9 @@
 """The step's rewrites, timed in one round on one GPU:
 `python -m alexnet_jax.commands.benchmark_step_rewrites`.
 
-First PyTorch's peer under `torch.compile` (`alexnet_jax/torch_peer.py`), owt at each batch
+First PyTorch's peer under `torch.compile` (`alexnet_jax/benchmarking/torch_peer.py`), owt at each batch
 size, in a process of its own before JAX takes the GPU's memory (a line says when torch is
-not installed). Then on one device the trainer's own step (`per_device.make_train_step`) of
+not installed). Then on one device the trainer's own step (`steps.make_train_step`) of
 each model: today's, each rewrite of `models.OPTIONS` alone, and all of them together, at
 `--batch` (owt also today's and all together at `--owt_large_batch`). Each row is checked
 against today's step on one batch: the loss and the update of one step from the same
@@ -25,10 +25,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models, optim, per_device, placement, torch_peer
-from alexnet_jax.benchmarking import kernels, table
+from alexnet_jax import models, optim
+from alexnet_jax.benchmarking import kernels, table, torch_peer
 from alexnet_jax.commands import benchmark
 from alexnet_jax.data import augment, imagenet_color
+from alexnet_jax.parallel import placement, steps
 
 # The rewrites that change how each model is computed (owt has no LRN and one tower), each
 # as the choice of `models.OPTIONS` after today's.
@@ -104,7 +105,7 @@ class Row:
     model = models.AlexNet(num_classes=args.num_classes, variant=variant, width=args.width,
                            dtype=jnp.dtype(args.dtype), **options)
     self._initial = initial
-    step = per_device.make_train_step(model, augment.imagenet(args.image_size), 0, mesh)
+    step = steps.make_train_step(model, augment.imagenet(args.image_size), 0, mesh)
     self.batch = placement.shard_batch(batch, mesh)
     start = time.perf_counter()
     self.step = step.lower(self._initial, self.batch).compile()
@@ -125,16 +126,16 @@ class Row:
       state, _ = self.step(state, self.batch)
     return benchmark.median_step_time(self.step, state, self.batch, args.steps, args.repeats)[0]
 
-  def kernels(self, steps: int) -> tuple[str, dict[str, float]]:
+  def kernels(self, num_steps: int) -> tuple[str, dict[str, float]]:
     state, _ = self.step(self.init(), self.batch)   # compiled and warm before the trace
 
     def run():
       nonlocal state
-      for _ in range(steps):
+      for _ in range(num_steps):
         state, metrics = self.step(state, self.batch)
       jax.block_until_ready((state, metrics))
 
-    return kernels.traced_kernels(run, steps)
+    return kernels.traced_kernels(run, num_steps)
 
 
 def initial_state(args, variant: str):
