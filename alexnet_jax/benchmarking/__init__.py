@@ -9,6 +9,7 @@
 - `gpu_feed.py`: the GPU's JPEG decoders several at once, beside a step, against
   libjpeg-turbo's pixels; `stand_in.py`: a source and a decoder that stand in for them on a
   CPU, their decodes waits without Python's lock;
+- `kernels.py`: the kernels of a compiled step and their time, read from a profiler trace;
 - `table.py`: a table in Markdown.
 They import no TensorFlow, clu or ml_collections: they run on an accelerator host that has
 only JAX and the loader's wheels (grain, array_record, simplejpeg).

@@ -1,7 +1,7 @@
 """The step's rewrites, timed in one round on one GPU:
 `python -m alexnet_jax.commands.benchmark_step_rewrites`.
 
-First PyTorch's peer under `torch.compile` (`alexnet_jax/benchmarking/torch_peer.py`), owt at each batch
+First PyTorch's peer under `torch.compile` (`benchmarking/torch_peer.py`), owt at each batch
 size, in a process of its own before JAX takes the GPU's memory (a line says when torch is
 not installed). Then on one device the trainer's own step (`steps.make_train_step`) of
 each model: today's, each rewrite of `models.OPTIONS` alone, and all of them together, at
@@ -37,7 +37,7 @@ REWRITES_OF = {'owt': ('conv1', 'max_pool'), 'paper': tuple(models.OPTIONS)}
 REWRITTEN = {field: choices[1] for field, choices in models.OPTIONS.items()}
 # A row agrees with today's step where one step's loss is within 1% and its update points the
 # same way (cosine) and is as long, within 2%: a bfloat16 step against a float32 one measured
-# cosine 0.995 and length 0.994 (tests/test_parallel.py).
+# cosine 0.995 and length 0.994 (tests/parallel/test_steps.py).
 LOSS_RTOL, MIN_COSINE, LENGTH_RTOL = 0.01, 0.98, 0.02
 HEADER = ('model', 'batch', 'step', 'images/s', 'step ms', 'x today', 'x torch.compile',
           'compile s', 'TFLOP/s', 'MFU', 'against today')
