@@ -198,7 +198,8 @@ def run_rows(args, torch_rates: dict[int, float]) -> list[list[str]]:
     check = 'the reference' if name == 'today' else agreement(today_first, first, init)
     cells.append([variant, str(batch), name, f'{batch / step_s:,.0f}', f'{step_s * 1e3:.2f}',
                   f'{group["today"][0] / step_s:.2f}',
-                  f'{batch / step_s / torch_rates[batch]:.2f}' if batch in torch_rates else '-',
+                  f'{batch / step_s / torch_rates[batch]:.2f}'
+                  if variant == 'owt' and batch in torch_rates else '-',
                   f'{row.compile_s:.1f}', f'{tflops:.1f}',
                   f'{tflops * 1e12 / peak:.1%}' if peak else 'n/a', check])
     print(' | '.join(cells[-1]), flush=True)
