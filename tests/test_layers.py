@@ -185,7 +185,7 @@ def test_tower_conv_apart_returns_the_joined_outputs_split(towers, parts):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
 
 
-def _pools(x):
+def _pools():
   """(today's max pool, the slices' one), each as a function of x, compiled."""
   return [jax.jit(lambda a, how=how: layers.max_pool(a, 3, 2, how)) for how in layers.MAX_POOLS]
 
@@ -194,7 +194,7 @@ def _pools(x):
 def test_max_pool_of_slices_is_xlas_max_pool_in_float32(side):
   rng = np.random.default_rng(side)
   x = jnp.asarray(rng.normal(size=(2, side, side - 1, 3)), jnp.float32)
-  (ref, ref_vjp), (ours, our_vjp) = (jax.vjp(pool, x) for pool in _pools(x))
+  (ref, ref_vjp), (ours, our_vjp) = (jax.vjp(pool, x) for pool in _pools())
   np.testing.assert_array_equal(ours, ref)
   np.testing.assert_array_equal(ref, nn.max_pool(x, (3, 3), strides=(2, 2), padding='VALID'))
   cotangent = jnp.asarray(rng.normal(size=ref.shape), jnp.float32)
@@ -221,7 +221,7 @@ def test_max_pool_of_slices_breaks_ties_as_xla_does():
   x = rng.integers(0, 3, (2, 9, 8, 2)).astype(np.float32)
   cotangent = rng.integers(1, 5, (2, 4, 3, 2)).astype(np.float32)  # sums exact in float32
   ref = _first_maximum_gradient(x, cotangent)
-  for pool in _pools(x):
+  for pool in _pools():
     y, vjp = jax.vjp(pool, jnp.asarray(x))
     np.testing.assert_array_equal(vjp(jnp.asarray(cotangent))[0], ref)
   assert (x[:, :3, :3] == x[:, :3, :3].max(axis=(1, 2), keepdims=True)).sum() > 2 * 2
@@ -232,8 +232,8 @@ def test_max_pool_of_slices_in_bfloat16_is_within_its_rounding():
   on the CPU sends some windows' gradients elsewhere than its float32 one does."""
   rng = np.random.default_rng(4)
   x = jnp.asarray(rng.normal(size=(2, 27, 27, 8)), jnp.bfloat16)
-  ours, our_vjp = jax.vjp(_pools(x)[1], x)
-  ref, ref_vjp = jax.vjp(_pools(x)[0], x.astype(jnp.float32))
+  ours, our_vjp = jax.vjp(_pools()[1], x)
+  ref, ref_vjp = jax.vjp(_pools()[0], x.astype(jnp.float32))
   np.testing.assert_array_equal(np.asarray(ours, np.float32), ref)
   cotangent = jnp.asarray(rng.normal(size=ref.shape), jnp.bfloat16)
   grad = our_vjp(cotangent)[0]
