@@ -93,7 +93,8 @@ class Checkpoints:
         item_handlers={'state': ocp.StandardCheckpointHandler(),
                        'loop_state': ocp.JsonCheckpointHandler()},
         options=ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only,
+            # The folder is made by the first save: a run refused at start-up leaves none.
+            create=False, read_only=read_only,
             preservation_policy=None if read_only else policy,
             enable_async_checkpointing=not read_only))
     self._last_saved = self._manager.latest_step()
