@@ -4,8 +4,9 @@ Read down: `train_and_evaluate` sets up a `_Run` (the data, the model, its
 state on the mesh, the checkpoints) and runs its loop. Each step trains on one
 batch (`per_device.py` holds what a step computes); `_due_after` then says
 what else that step brings (a log, an evaluation, a save, a stop), and the
-loop does it. The loop's own state (`loop_state.LoopState`) is saved in each checkpoint
-beside the train state, so a resumed run goes on as if it had never stopped.
+loop does it. The loop's own state (`loop_state.LoopState`) is saved in each
+checkpoint beside the train state, so a resumed run goes on as if it had never
+stopped.
 """
 
 import dataclasses
@@ -173,9 +174,9 @@ class _Run:
     if restored is not None:
       state, saved = restored
       loop_state.load(saved)
-      change = loop_state_lib.batch_size_change(int(jax.device_get(state.step)),
-                                 saved.get('global_batch_size'), config.global_batch_size,
-                                 self.dataset.train_examples, self.num_steps)
+      change = loop_state_lib.batch_size_change(
+          int(jax.device_get(state.step)), saved.get('global_batch_size'),
+          config.global_batch_size, self.dataset.train_examples, self.num_steps)
       if change:
         logging.warning('%s', change)
     self.state = state
@@ -323,4 +324,3 @@ class _Run:
       logging.error('%s', e)
     finally:
       self.lock.release()   # the last save written: another run may take the workdir
-
