@@ -127,5 +127,6 @@ def _in_use_message(workdir: str, path: str, holder: dict | None) -> str:
          if holder else 'a run that is starting')
   return (f'--workdir={workdir} is in use by another run ({who}): two runs on one workdir '
           'would overwrite each other\'s checkpoints. Wait for it to end, or stop it, then run '
-          'again; if it was killed, or its host went down, the lock is freed by itself (on a '
-          f'network file system once its lease expires, a minute or two), so never delete {path}.')
+          'again. A run that was killed, or whose host went down, frees the workdir by itself '
+          f'(on a network file system once its lease expires, a minute or two): {path} need not '
+          'be deleted.')

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, loop_state, train
+from alexnet_jax import errors, loop_state, per_device, train
 from alexnet_jax.commands import weights
 from configs import alexnet
 from tests.conftest import run_config, saved_state
@@ -117,3 +117,25 @@ def test_a_resume_with_another_batch_size_says_what_changes(tmp_path, caplog):
   assert 'the run ends at step 6 (epoch 1.50)' in said[0]
   assert _steps_saved(workdir)[-1] == 6
   assert loop_state.batch_size_change(4, 16, 16, 64, 6) is None   # the same batch: no word
+
+
+def test_a_non_finite_checkpoint_an_earlier_version_saved_is_set_aside(tmp_path, monkeypatch,
+                                                                       caplog):
+  workdir = str(tmp_path)
+  train.train_and_evaluate(_config(2, lr_schedule='cosine'), workdir)
+  # As before the step checked its update: step 3 overflows and is saved all the same.
+  with monkeypatch.context() as patched:
+    patched.setattr(per_device, 'all_finite', lambda tree, model_axis_size: True)
+    with pytest.raises(errors.DivergenceError, match='step 4'):
+      train.train_and_evaluate(_config(4, lr_schedule='cosine', checkpoint_every_steps=1,
+                                       log_every_steps=1, learning_rate=1e30,
+                                       weight_decay=1e30), workdir)
+  assert _steps_saved(workdir) == [2, 3]
+
+  with caplog.at_level(logging.WARNING):
+    train.train_and_evaluate(_config(4, lr_schedule='cosine'), workdir)
+  assert 'not all finite' in caplog.text and '3.unreadable' in caplog.text
+  assert (tmp_path / 'checkpoints' / '3.unreadable').is_dir()
+  saved = saved_state(workdir, 4)
+  assert all(np.isfinite(np.asarray(x)).all()
+             for x in jax.tree.leaves((saved['params'], saved['opt_state'])))
