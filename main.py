@@ -25,10 +25,11 @@ def main(argv):
     raise app.UsageError(f'Unexpected arguments: {argv[1:]}')
   # Imported here, not above: the data loader's worker processes start by importing this
   # file, and need none of JAX's training stack or TensorFlow.
-  from alexnet_jax import orbax_logs
+  from alexnet_jax.workdir import orbax_logs
   orbax_logs.keep_warnings()
   import jax
-  from alexnet_jax import distributed, train
+  from alexnet_jax import train
+  from alexnet_jax.parallel import distributed
   try:
     distributed.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)

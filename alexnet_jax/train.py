@@ -2,9 +2,9 @@
 
 Read down: `train_and_evaluate` sets up a `_Run` (the data, the model, its
 state on the mesh, the checkpoints) and runs its loop. Each step trains on one
-batch (`per_device.py` holds what a step computes); `_due_after` then says
+batch (`steps.py` holds what a step computes); `_due_after` then says
 what else that step brings (a log, an evaluation, a save, a stop), and the
-loop does it. The loop's own state (`loop_state.LoopState`) is saved in each
+loop does it. The loop's own state (`saved_state.LoopState`) is saved in each
 checkpoint beside the train state, so a resumed run goes on as if it had never
 stopped.
 """
@@ -19,13 +19,13 @@ import jax.numpy as jnp
 from clu import parameter_overview
 from flax.training import train_state
 
-from alexnet_jax import (checkpointing, color_stats, config_checks, data, errors, evaluate,
-                         init_from, loop_timers, model_record, models, optim, per_device,
-                         placement, platform, progress, storage, summaries, train_metrics,
-                         workdir_lock)
-from alexnet_jax import loop_state as loop_state_lib
-from alexnet_jax import preemption as preemption_lib
-from alexnet_jax.data import to_devices
+from alexnet_jax import config_checks, data, errors, models, optim
+from alexnet_jax.data import decode_share, to_devices
+from alexnet_jax.loop import (evaluate, progress_line, saved_state, stopping, summaries,
+                              timers, train_metrics)
+from alexnet_jax.parallel import backend, placement, steps
+from alexnet_jax.workdir import (checkpointing, color_stats, init_from, lock, model_record,
+                                 storage)
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -36,7 +36,7 @@ def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
 def create_model(config, num_classes: int) -> models.AlexNet:
   return models.AlexNet(num_classes=num_classes, variant=config.model, width=config.width,
                         dropout_rate=config.dropout_rate,
-                        dtype=jnp.dtype(platform.compute_dtype(config.dtype)),
+                        dtype=jnp.dtype(backend.compute_dtype(config.dtype)),
                         initialization=config.initialization)
 
 
@@ -79,7 +79,7 @@ class Due:
 
 
 def _due_after(step: int, num_steps: int, eval_every: int, config, stop_asked: bool,
-               save_clock: loop_timers.SaveClock) -> Due:
+               save_clock: timers.SaveClock) -> Due:
   last = step == num_steps
   log = step % config.log_every_steps == 0
   evaluate_now = step % eval_every == 0 or last
@@ -97,7 +97,7 @@ class _Run:
     self.config = config
     config_checks.check(config, jax.device_count(), jax.local_device_count())
     mesh = placement.make_mesh(model_axis_size=config.model_axis_size)
-    self.lock = workdir_lock.hold(workdir)
+    self.lock = lock.hold(workdir)
     try:
       self._set_up(config, workdir, mesh)
     except BaseException:
@@ -116,23 +116,25 @@ class _Run:
     self.num_steps = _steps(config.num_train_steps, config.num_epochs, steps_per_epoch)
     self.eval_every = _steps(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
     config_checks.check_classes(config, dataset.num_classes)
-    platform.check_backend(dataset.train_examples, config.allow_cpu)
+    backend.check_backend(dataset.train_examples, config.allow_cpu)
     logging.info('Training on %s; a mesh of %s; %d train examples, %d steps per epoch, %d '
-                 'steps; %d validation examples.', platform.describe(), dict(mesh.shape),
+                 'steps; %d validation examples.', backend.describe(), dict(mesh.shape),
                  dataset.train_examples, steps_per_epoch, self.num_steps,
                  dataset.eval_examples)
 
     model = create_model(config, dataset.num_classes)
     self.rate_schedule = optim.schedule(config.lr_schedule, config.learning_rate,
                                         self.num_steps)
-    self.loop_state = loop_state_lib.LoopState(
+    self.loop_state = saved_state.LoopState(
         optim.PlateauController(config.learning_rate, **config.plateau),
         global_batch_size=config.global_batch_size)
     self._restore(workdir, create_train_state(config, model, mesh, self.rate_schedule))
-    self.train_step = per_device.make_train_step(model, aug, config.seed, mesh)
-    self.eval_step = per_device.make_eval_step(model, aug, mesh, config.eval_ten_crop)
+    self.train_step = steps.make_train_step(model, aug, config.seed, mesh)
+    self.eval_step = steps.make_eval_step(model, aug, mesh, config.eval_ten_crop)
     self.put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh),
                                      dataset.jpeg_store)
+    self.loop_state.decode_host_rows = decode_share.settle(
+        self.put, dataset, self.start_step, self.loop_state.decode_host_rows)
     self._start_writing(workdir)
 
   def _start_writing(self, workdir: str) -> None:
@@ -146,17 +148,17 @@ class _Run:
       self.writer.write_hparams(summaries.flat_hparams(config))
     logging.info('%s AlexNet, %s parameters, computing in %s; training from step %d to %d.',
                  config.model, f'{models.count_params(self.state.params):,}',
-                 platform.compute_dtype(config.dtype), self.start_step, self.num_steps)
-    self.profile = loop_timers.ProfileTrace(workdir, self.start_step + config.profile_first_step,
-                                            config.profile_steps)
+                 backend.compute_dtype(config.dtype), self.start_step, self.num_steps)
+    self.profile = timers.ProfileTrace(workdir, self.start_step + config.profile_first_step,
+                                       config.profile_steps)
     self.metrics_log = train_metrics.MetricsLog(
         self.writer, dataset.steps_per_epoch,
-        progress.Progress(self.start_step, self.num_steps, config.global_batch_size))
+        progress_line.Progress(self.start_step, self.num_steps, config.global_batch_size))
     self.batches = dataset.train_batches(self.start_step, put=self.put,
                                          split=self.put.decode_split,
                                          on_skip=self.metrics_log.skipped)
-    self.preemption = preemption_lib.PreemptionWatch()
-    self.save_clock = loop_timers.SaveClock(config.checkpoint_every_minutes)
+    self.preemption = stopping.PreemptionWatch()
+    self.save_clock = timers.SaveClock(config.checkpoint_every_minutes)
     self.eval_metrics = {}
 
   def _restore(self, workdir: str, state) -> None:
@@ -164,7 +166,7 @@ class _Run:
     config, loop_state = self.config, self.loop_state
     root = storage.workdir_path(workdir)
     self.checkpoints = checkpointing.Checkpoints(
-        str(root / 'checkpoints'), keep=config.keep_checkpoints,
+        str(checkpointing.folder(workdir)), keep=config.keep_checkpoints,
         best_step=lambda: loop_state.best_step if config.keep_best_checkpoint else None)
     restored = self.checkpoints.restore(state)
     if restored is None and config.init_from:
@@ -174,7 +176,7 @@ class _Run:
     if restored is not None:
       state, saved = restored
       loop_state.load(saved)
-      change = loop_state_lib.batch_size_change(
+      change = saved_state.batch_size_change(
           int(jax.device_get(state.step)), saved.get('global_batch_size'),
           config.global_batch_size, self.dataset.train_examples, self.num_steps)
       if change:
@@ -224,7 +226,7 @@ class _Run:
     try:
       with self.preemption.waiting():
         batch = next(self.batches)
-    except preemption_lib.StopWhileWaiting:
+    except stopping.StopWhileWaiting:
       self.metrics_log.flush(self.learning_rate(step - 1), self.checkpoints, report=False)
       self._save(pending_eval=False)
       logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '

@@ -4,7 +4,7 @@ import os
 import resource
 import time
 
-from alexnet_jax import processes
+from alexnet_jax.benchmarking import processes
 
 
 class Clock:

@@ -17,19 +17,20 @@ import numpy as np
 import optax
 from absl import flags
 
-from alexnet_jax import color_stats, command_line, data, per_device, placement, train
+from alexnet_jax import command_line, data, models, train
 from alexnet_jax.data import augment
+from alexnet_jax.parallel import placement, steps
+from alexnet_jax.workdir import color_stats
 
-LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 
 def layer_table(model, params, aug, batch) -> tuple[list[tuple], float, float]:
   """([(layer, std, mean, firing, dead units)], logits std, loss) on `batch`."""
   images = augment.eval_images(aug, batch['image'], ten_patches=False)
   logits, state = model.apply({'params': params}, images, train=False,
-                              capture_intermediates=lambda m, _: m.name in LAYERS)
+                              capture_intermediates=lambda m, _: m.name in models.LAYERS)
   rows = []
-  for name in LAYERS:
+  for name in models.LAYERS:
     out = np.asarray(state['intermediates'][name]['__call__'][0])
     units = out.reshape(-1, out.shape[-1])
     rows.append((name, out.std(), out.mean(), (out > 0).mean(), ((units > 0).sum(0) == 0).mean()))
@@ -39,7 +40,7 @@ def layer_table(model, params, aug, batch) -> tuple[list[tuple], float, float]:
 
 def main(argv):
   del argv
-  config, steps = flags.FLAGS.config, flags.FLAGS.steps
+  config, num_steps = flags.FLAGS.config, flags.FLAGS.steps
   mesh = placement.make_mesh(jax.local_devices()[:1])
   aug = color_stats.augmentation(config, flags.FLAGS.workdir or '')
   dataset = data.create(config, config.global_batch_size)
@@ -47,7 +48,7 @@ def main(argv):
   state = train.create_train_state(config, model, mesh)
   probe = next(iter(dataset.eval_batches())).arrays()
   stream = dataset.train_batches(0)
-  step = per_device.make_train_step(model, aug, config.seed, mesh)
+  step = steps.make_train_step(model, aug, config.seed, mesh)
 
   def show(title):
     rows, logits_std, loss = layer_table(model, jax.device_get(state.params), aug, probe)
@@ -55,17 +56,17 @@ def main(argv):
     print('| layer | std | mean | firing | dead units |')
     print('|---|---|---|---|---|')
     for name, std, mean, firing, dead in rows:
-      relu = name != LAYERS[-1]
+      relu = name != models.LAYERS[-1]
       print(f'| {name} | {std:.3g} | {mean:.3g} | ' +
             (f'{firing:.2f} | {dead:.2f} |' if relu else '- | - |'))
 
   show(f'{config.model}, initialization={config.initialization}, at initialisation')
-  for i in range(1, steps + 1):
+  for i in range(1, num_steps + 1):
     state, metrics = step(state, placement.shard_batch(next(stream).arrays(), mesh))
     print(f'step {i}: loss {float(metrics["loss"]):.3f}, gradient norm '
           f'{float(metrics["grad_norm"]):.3g}', flush=True)
   stream.close()
-  show(f'after {steps} steps')
+  show(f'after {num_steps} steps')
 
 
 if __name__ == '__main__':

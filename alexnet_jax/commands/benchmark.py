@@ -1,6 +1,6 @@
 """Training-step throughput: `python -m alexnet_jax.commands.benchmark`.
 
-Times the trainer's own step (`per_device.make_train_step`: the paper's patches,
+Times the trainer's own step (`steps.make_train_step`: the paper's patches,
 reflections and colour shift cut on the device from 256x256 images, the same
 model, optimiser, pmean and non-finite guard) on all local devices, on
 synthetic uint8 batches already on the devices, so the numbers are the step's
@@ -12,7 +12,7 @@ not), and the model FLOPs utilisation against `--peak_tflops` or a known peak
 for the device. Each configuration runs in a process of its own.
 
 Beside each `owt` row on data parallelism it times PyTorch's peer where torch and
-torchvision are installed (`alexnet_jax/torch_peer.py`: torchvision's AlexNet, the same SGD,
+torchvision are installed (`alexnet_jax/benchmarking/torch_peer.py`: torchvision's AlexNet, the same SGD,
 `channels_last`, bfloat16 autocast for the bfloat16 rows), eager and under `torch.compile`,
 on the same device and batch, in a process of its own, and prints the ratios JAX/PyTorch: on
 shared, noisy machines a side-by-side ratio says more than an absolute time. Imports no
@@ -34,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import models, optim, per_device, placement, torch_peer
-from alexnet_jax.benchmarking import table
+from alexnet_jax import models, optim
+from alexnet_jax.benchmarking import table, torch_peer
 from alexnet_jax.data import augment, imagenet_color
+from alexnet_jax.parallel import placement, steps
 
 # Dense peak FLOP/s per device (vendor figures), by a piece of the device kind
 # and the compute dtype; float32 matmuls on these GPUs run as TF32 by default.
@@ -94,20 +95,20 @@ def _memory(compiled, devices) -> tuple[str, float | None]:
   return 'plan', planned / 2**30
 
 
-def _median_step_time(step, state, batch, steps: int, repeats: int):
-  """Median over `repeats` of (time of `steps` steps) / steps, and the last state."""
+def _median_step_time(step, state, batch, num_steps: int, repeats: int):
+  """Median over `repeats` of (time of `num_steps` steps) / num_steps, and the last state."""
   times = []
   for _ in range(repeats):
     start = time.perf_counter()
-    for _ in range(steps):
+    for _ in range(num_steps):
       state, metrics = step(state, batch)
     jax.block_until_ready((state, metrics))
-    times.append((time.perf_counter() - start) / steps)
+    times.append((time.perf_counter() - start) / num_steps)
   return statistics.median(times), state
 
 
 def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_classes: int,
-              steps: int, warmup: int, repeats: int, peak_tflops: float | None = None,
+              num_steps: int, warmup: int, repeats: int, peak_tflops: float | None = None,
               model_axis_size: int = 1, stored_size: int = 256) -> dict:
   devices = jax.local_devices()
   mesh = placement.make_mesh(devices, model_axis_size)
@@ -119,7 +120,7 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
       'image': rng.integers(0, 256, (global_batch, stored_size, stored_size, 3), np.uint8),
       'label': rng.integers(0, num_classes, (global_batch,), np.int32),
   }, mesh, placement.batch_spec(model, mesh))
-  train_step = per_device.make_train_step(model, augment.imagenet(image_size), seed=0, mesh=mesh)
+  train_step = steps.make_train_step(model, augment.imagenet(image_size), seed=0, mesh=mesh)
 
   start = time.perf_counter()
   compiled = train_step.lower(state, batch).compile()
@@ -127,7 +128,7 @@ def bench_jax(variant: str, dtype: str, global_batch: int, image_size: int, num_
   for _ in range(warmup):
     state, _ = compiled(state, batch)
   jax.block_until_ready(state)
-  step_s, state = _median_step_time(compiled, state, batch, steps, repeats)
+  step_s, state = _median_step_time(compiled, state, batch, num_steps, repeats)
   memory_kind, memory_gib = _memory(compiled, devices)
   train_flops = 3 * forward_flops(model, image_size) * global_batch  # backward ~ 2x forward
   peak = _peak_flops(dtype, peak_tflops)

@@ -9,7 +9,7 @@ as the loop does: parameters, momentum, step) `--saves` times. Saves are asynchr
 step waits while the arrays are copied off the devices (`step waits`), then Orbax writes
 them in the background (`written after`, from the same start). It restores the last one
 and measures its size on disk. With `--batch`, it also times the trainer's step at that
-global batch (`per_device.make_train_step`) and gives the wait as a share of one step and
+global batch (`steps.make_train_step`) and gives the wait as a share of one step and
 of the steps between two saves (`--every`, the default `checkpoint_every_steps`).
 """
 
@@ -24,8 +24,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from alexnet_jax import checkpointing, models, optim, per_device, placement
+from alexnet_jax import models, optim
 from alexnet_jax.data import augment
+from alexnet_jax.parallel import placement, steps
+from alexnet_jax.workdir import checkpointing
 
 
 def _du(path) -> int:
@@ -47,7 +49,7 @@ def measure(variant: str, saves: int, directory: pathlib.Path, batch: int) -> di
       if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state))
   root = directory / variant
   shutil.rmtree(root, ignore_errors=True)
-  checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'), keep=saves)
+  checkpoints = checkpointing.Checkpoints(str(checkpointing.folder(str(root))), keep=saves)
   waits, written = [], []
   for step in range(1, saves + 1):
     state = state.replace(step=jax.device_put(jnp.int32(step), state.step.sharding))
@@ -64,13 +66,13 @@ def measure(variant: str, saves: int, directory: pathlib.Path, batch: int) -> di
   result = {
       'parameters': models.count_params(state.params),
       'state_bytes': checkpointing.checkpoint_bytes(state),
-      'on_disk': _du(root / 'checkpoints' / str(saves)),
+      'on_disk': _du(pathlib.Path(checkpointing.folder(str(root)), str(saves))),
       'wait_s': statistics.median(waits),
       'written_s': statistics.median(written),
       'restore_s': restore_s,
   }
   if batch:
-    step_fn = per_device.make_train_step(model, augment.imagenet(224), 0, mesh)
+    step_fn = steps.make_train_step(model, augment.imagenet(224), 0, mesh)
     images = placement.shard_batch({
         'image': np.random.default_rng(0).integers(0, 256, (batch, 256, 256, 3), np.uint8),
         'label': np.zeros((batch,), np.int32)}, mesh, placement.batch_spec(model, mesh))

@@ -39,9 +39,11 @@ import time
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 import jax  # noqa: E402  (after the variable above)
 
-from alexnet_jax import platform, summaries
 from alexnet_jax.benchmarking import photo_like, table, throughput
-from alexnet_jax.data import gpu_decode, loader, store
+from alexnet_jax.data import gpu_decode, image_source, loader, store
+from alexnet_jax.loop import summaries
+from alexnet_jax.parallel import backend
+from alexnet_jax.workdir import checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]   # the repository: main.py, configs/
 
@@ -55,7 +57,7 @@ def run_main(workdir: pathlib.Path, store_path: pathlib.Path, model: str, steps:
              f'--config.eval_every_steps={steps}', f'--config.log_every_steps={log_every}',
              f'--config.checkpoint_every_steps={steps}', '--config.keep_best_checkpoint=false',
              *extra]
-  saved = workdir / 'checkpoints'
+  saved = pathlib.Path(checkpointing.folder(str(workdir)))
   resumed_from = max((int(p.name) for p in saved.iterdir() if p.name.isdigit()), default=None
                      ) if saved.is_dir() else None
   start = time.perf_counter()
@@ -87,9 +89,9 @@ def main(args):
   made = time.perf_counter() - start
   prepared = store.open_store(store_path)
   source = prepared.source_of('train')
-  split = loader.Split(source, 0, len(source))
+  split = image_source.Split(source, 0, len(source))
   size = prepared.image_size
-  dtype = args.dtype or platform.compute_dtype('auto')
+  dtype = args.dtype or backend.compute_dtype('auto')
   workers, threads = loader.auto_resources()
   trainers = loader.Reading(workers=workers, threads=threads)
   device = jax.local_devices()[0]
@@ -107,7 +109,7 @@ def main(args):
   if trainers.workers > 0:
     readings.append(trainers)
   for reading, (rate, cores) in throughput.compare_inputs(
-      split, size, args.input_batch, readings, rounds=2, steps=args.steps, warmup=args.warmup,
+      split, size, args.input_batch, readings, rounds=2, num_steps=args.steps, warmup=args.warmup,
       decode=source).items():
     if reading == throughput.DECODE_ALONE:
       what = 'decode alone: the stored JPEGs, one thread'
@@ -119,7 +121,7 @@ def main(args):
   for model in args.models.split(','):
     for batch in (int(b) for b in args.batch_sizes.split(',')):
       step = throughput.Step(model, args.width, dtype, args.image_size)
-      measure = dict(batch=batch, steps=args.steps, warmup=args.warmup)
+      measure = dict(batch=batch, num_steps=args.steps, warmup=args.warmup)
       step_rate, cores, host_ms = throughput.step_alone(step, size, **measure)
       row(f'{model}, batch {batch}: step alone', step_rate, cores, None, host_ms)
       rate, cores, host_ms = throughput.loop(step, split, size, reading=trainers, **measure)

@@ -12,8 +12,10 @@ import sys
 import numpy as np
 from absl import flags
 
-from alexnet_jax import color_stats, command_line, data, distributed
+from alexnet_jax import command_line, data
 from alexnet_jax.errors import UserFacingError
+from alexnet_jax.parallel import distributed
+from alexnet_jax.workdir import color_stats
 
 
 def compute(config, max_images: int) -> dict:

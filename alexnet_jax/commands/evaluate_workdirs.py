@@ -18,9 +18,11 @@ from absl import flags, logging
 
 import numpy as np
 
-from alexnet_jax import (color_stats, command_line, config_checks, data, distributed, errors,
-                         evaluate, per_device, placement, train, workdir_checkpoints)
+from alexnet_jax import command_line, config_checks, data, errors, train
 from alexnet_jax.data import to_devices
+from alexnet_jax.loop import evaluate
+from alexnet_jax.parallel import distributed, placement, steps
+from alexnet_jax.workdir import color_stats, trained
 
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
@@ -38,10 +40,10 @@ def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:
   model = train.create_model(config, dataset.num_classes)
   put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh), dataset.jpeg_store)
   template = train.create_train_state(config, model, mesh)
-  eval_step = per_device.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
+  eval_step = steps.make_eval_step(model, augs[0], mesh, config.eval_ten_crop)
   members, results = [], {}
   for workdir in workdirs:
-    params, step = workdir_checkpoints.restore_params(workdir, which, template)
+    params, step = trained.restore_params(workdir, which, template)
     members.append(params)
     results[workdir] = {**evaluate.evaluate(eval_step, [params], dataset, put),
                         'step': step}

@@ -22,9 +22,11 @@ import numpy as np
 from absl import flags
 from etils import epath
 
-from alexnet_jax import (color_stats, command_line, data, distributed, errors, placement, summaries,
-                         train, workdir_checkpoints)
+from alexnet_jax import command_line, data, errors, train
 from alexnet_jax.data import augment
+from alexnet_jax.loop import summaries
+from alexnet_jax.parallel import distributed, placement
+from alexnet_jax.workdir import color_stats, trained
 
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
@@ -106,7 +108,7 @@ def make_figures(config, workdir: str, which: str, out: str, num_images: int,
   dataset = data.create(config, config.global_batch_size)
   model = train.create_model(config, dataset.num_classes)
   template = train.create_train_state(config, model, mesh)
-  params, step = workdir_checkpoints.restore_params(workdir, which, template)
+  params, step = trained.restore_params(workdir, which, template)
   params = jax.device_get(params)
   names = list(dataset.class_names) or [f'class {i}' for i in range(dataset.num_classes)]
   forward = _forward(model, aug)

@@ -15,7 +15,9 @@ from etils import epath
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from alexnet_jax import model_record, optim, summaries  # noqa: E402
+from alexnet_jax import optim
+from alexnet_jax.loop import summaries
+from alexnet_jax.workdir import model_record  # noqa: E402
 
 
 def rate_drops(scalars: dict, config) -> list[tuple[int, float]]:

@@ -40,7 +40,7 @@ def from_config(config, mean_image: np.ndarray | None = None) -> Augmentation:
   mean = np.asarray(config.mean_rgb, np.float32)
   if config.subtract_mean == 'image':
     if mean_image is None:   # np.asarray(None) would be a NaN mean: every input NaN
-      raise ValueError("subtract_mean='image' needs the mean image (alexnet_jax.color_stats).")
+      raise ValueError("subtract_mean='image' needs the mean image (python -m alexnet_jax.commands.color_stats).")
     mean = np.asarray(mean_image, np.float32)
   return Augmentation(image_size=config.image_size, mean=mean,
                       std=np.asarray(config.std_rgb, np.float32),

@@ -1,0 +1,74 @@
+"""The training metrics between logs: kept on the devices, then checked and written.
+
+A step's metrics stay on the devices until the next log or save, so the loop
+never waits for a step to finish; the check that every step was finite comes
+before anything is saved.
+"""
+
+import collections
+import queue
+
+import jax
+import numpy as np
+
+from alexnet_jax import errors
+from alexnet_jax.loop import progress_line
+
+
+class MetricsLog:
+  """Training metrics kept on the devices between logs, then checked, averaged and written
+  with the progress since the last log."""
+
+  def __init__(self, writer, steps_per_epoch: int, progress: progress_line.Progress):
+    self._writer, self._steps_per_epoch, self._progress = writer, steps_per_epoch, progress
+    self._pending = []
+    # Damaged records skipped, by step: told by the loader's thread, ahead of the steps.
+    self._skips, self._skips_told = collections.Counter(), queue.SimpleQueue()
+
+  def skipped(self, batch_number: int, count: int) -> None:
+    self._skips_told.put((batch_number + 1, count))   # batch b is step b + 1's
+
+  def add(self, step: int, metrics: dict) -> None:
+    self._pending.append((step, metrics))
+
+  def exclude(self, wall_seconds: float, cpu_seconds: float) -> None:
+    """Leaves time spent outside training (evaluation) out of the rates."""
+    self._progress.exclude(wall_seconds, cpu_seconds)
+
+  def flush(self, learning_rate: float, checkpoints, report: bool = True) -> None:
+    """Checks every pending step; with `report`, writes their means and the progress."""
+    if not self._pending:
+      return
+    steps = [s for s, _ in self._pending]
+    host = jax.device_get([m for _, m in self._pending])
+    for step, m in zip(steps, host):
+      if not m['finite']:
+        raise _diverged(step, float(m['loss']), float(m['grad_norm']), checkpoints)
+    if not report:
+      return
+    step = steps[-1]
+    summary = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
+    while not self._skips_told.empty():
+      told_step, count = self._skips_told.get()
+      self._skips[told_step] += count
+    summary['skipped_records'] = sum(self._skips.pop(s, 0) for s in steps)
+    summary.update(self._progress.report(step))
+    summary['learning_rate'] = learning_rate
+    summary['epoch'] = step / self._steps_per_epoch
+    self._writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
+    self._pending = []
+
+
+def _diverged(step: int, loss: float, grad_norm: float, checkpoints) -> errors.DivergenceError:
+  """The run's end at `step`, the first step whose loss, gradient or update was not finite.
+  The step never saves such a state (`per_device.train_step`), so the newest checkpoint is
+  finite."""
+  what = ('the loss or a gradient is' if not (np.isfinite(loss) and np.isfinite(grad_norm))
+          else 'the update of the parameters or of the optimiser state is')
+  latest = checkpoints.latest_step()
+  return errors.DivergenceError(
+      f'Training diverged: {what} not finite at step {step} (loss {loss}, gradient norm '
+      f'{grad_norm}). Nothing after it was saved; the last good checkpoint is '
+      f'{checkpoints.path(latest) if latest is not None else "none (no checkpoint yet)"}. '
+      'Lower --config.learning_rate (or --config.weight_decay), or train in float32, and run '
+      'again.')
