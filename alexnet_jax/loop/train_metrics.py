@@ -61,7 +61,7 @@ class MetricsLog:
 
 def _diverged(step: int, loss: float, grad_norm: float, checkpoints) -> errors.DivergenceError:
   """The run's end at `step`, the first step whose loss, gradient or update was not finite.
-  The step never saves such a state (`per_device.train_step`), so the newest checkpoint is
+  The step never keeps such a state (`parallel/steps.train_step`), so the newest checkpoint is
   finite."""
   what = ('the loss or a gradient is' if not (np.isfinite(loss) and np.isfinite(grad_norm))
           else 'the update of the parameters or of the optimiser state is')

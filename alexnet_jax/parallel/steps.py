@@ -151,7 +151,7 @@ def count_correct(logits, labels, mask) -> dict:
 
 def all_finite(tree, model_axis_size: int):
   """Whether every float of `tree` is finite, on every device of the `model` axis (which
-  hold different parts of a split layer): one reduction the update's loop can fuse."""
+  hold different parts of a split layer)."""
   checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
             if jnp.issubdtype(x.dtype, jnp.inexact)]
   finite = jnp.stack(checks).all()
