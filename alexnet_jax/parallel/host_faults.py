@@ -208,14 +208,16 @@ def stop_job(error: BaseException) -> NoReturn:
   _leaving.set()
   me, count = jax.process_index(), jax.process_count()
   host = failing_host(error)
-  if host is None and isinstance(error, jax.errors.JaxRuntimeError):
-    # A step or barrier with the others failed: a host that stopped has said why, or is lost.
+  if host is None and not isinstance(error, errors.UserFacingError):
     posted = _posted()
-    if posted is not None:
+    if posted is not None:   # most likely how that host's leaving reached this one
+      logging.warning('After another host stopped the job, this one failed: %s', _text(error))
       _end(posted, 1)
-    _end(f'a step this host takes with the others failed ({str(error).splitlines()[0]}). Most '
-         'likely another host of the job stopped or cannot be reached: its log says why. Start '
-         'the job again on every host to resume from the last checkpoint.', 1, lost=True)
+    if isinstance(error, jax.errors.JaxRuntimeError):   # a step or barrier with the others
+      _end(f'a step this host takes with the others failed ({str(error).splitlines()[0]}). '
+           'Most likely another host of the job stopped or cannot be reached: its log says '
+           'why. Start the job again on every host to resume from the last checkpoint.', 1,
+           lost=True)
   if not isinstance(error, errors.UserFacingError) and host in (None, me):
     logging.error('Host %d of %d failed:', me, count, exc_info=error)   # a bug: its traceback
   line = f'host {me if host is None else host} of {count} stopped the job: {_text(error)}'
