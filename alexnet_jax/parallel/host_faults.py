@@ -6,7 +6,8 @@ A host that fails alone would leave the others waiting in a step it never joins.
   them could not, through the coordination service's key-value store and a barrier, before any
   host starts the step (a collective). A failure is then raised on every host as the same
   error, tagged with the failing host: the loop stops on every host as it stops on one, and
-  saves the same step.
+  saves the same step. A round costs a barrier and a read (0.6 ms between two processes on one
+  machine), taken while the devices run the step before.
 - Anywhere else (a save that one host's storage refuses, a bug): the failing host posts its
   line (`stop_job`); on every other host a thread (`watch`) prints it and ends the process,
   unless that host's own run ends first.
@@ -39,8 +40,9 @@ _BARRIER_MS = 24 * 3600 * 1000
 # How long a host's own run may take to end by itself once another host posted its fault (a
 # fault every host meets, such as a config error, is best told by each host itself).
 _GRACE_S = 2.0
-# How long host 0 waits for the others to leave before its coordination service goes with it.
-_LEAVE_WAIT_S = 10.0
+# How long host 0 waits for the others to leave before its coordination service goes with it
+# (they leave as soon as they have said why; only a host already gone makes it wait this long).
+_LEAVE_WAIT_S = 30.0
 _WATCH_MS = 60_000
 _ENDED = ''   # what a host's own stop key holds once its run has ended
 
@@ -85,6 +87,7 @@ def agreed(dataset):
 
 
 def _agreed_batches(batches, agreement):
+  """`batches`, each agreed on by every host before it is handed on."""
   try:
     while True:
       fault = None
@@ -172,7 +175,7 @@ def _watch() -> None:
         return   # the client is shutting down: this process is ending
   if value == _ENDED or _leaving.wait(_GRACE_S):
     return
-  _end(_posted() or f'another host stopped the job: {value}', 1)
+  _end(_posted() or value, 1)
 
 
 def _end_watch(thread: threading.Thread) -> None:
