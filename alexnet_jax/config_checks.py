@@ -8,9 +8,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from alexnet_jax import models, optim
-from alexnet_jax.workdir import storage
 from alexnet_jax.data import gpu_decode
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.workdir import storage
 
 DTYPES = ('auto', 'float32', 'bfloat16')
 
@@ -44,8 +44,14 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
        f'data_threads={config.data_threads}: use -1 (picked for the host) or a number.')
   need(config.decode in gpu_decode.MODES,
        f'decode={config.decode!r} is unknown: choose one of {gpu_decode.MODES}.')
-  for field in ('decode_host_share', 'decode_hardware_share'):
-    need(0 <= config[field] <= 1, f'{field}={config[field]} must be a share, from 0 to 1.')
+  share = config.decode_host_share
+  need(share == 'auto' or (isinstance(share, (int, float)) and not isinstance(share, bool)
+                           and 0 <= share <= 1),
+       f'decode_host_share={share!r} must be a share, from 0 to 1, or \'auto\' (measured).')
+  need(0 <= config.decode_hardware_share <= 1,
+       f'decode_hardware_share={config.decode_hardware_share} must be a share, from 0 to 1.')
+  need(isinstance(config.decode_in_flight, int) and 1 <= config.decode_in_flight <= 8,
+       f'decode_in_flight={config.decode_in_flight} must be 1 to 8 batches decoded at once.')
   need(0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).')
   need(config.checkpoint_every_minutes >= 0,
        f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.')

@@ -13,6 +13,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+# Both variants' layers, in order: the names of their parameters.
+LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
+
 
 class LocalResponseNorm(nn.Module):
   """The paper's response normalisation across adjacent channels (section 3.3).

@@ -19,11 +19,11 @@ from clu import parameter_overview
 from flax.training import train_state
 
 from alexnet_jax import config_checks, data, errors, models, optim
-from alexnet_jax.loop import evaluate, progress_line, summaries, timers, train_metrics
+from alexnet_jax.data import decode_share, to_devices
+from alexnet_jax.loop import (evaluate, progress_line, stopping, summaries, timers,
+                              train_metrics)
 from alexnet_jax.parallel import backend, host_faults, placement, steps
 from alexnet_jax.workdir import checkpointing, color_stats, init_from, model_record, storage
-from alexnet_jax.loop import stopping
-from alexnet_jax.data import to_devices
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -73,10 +73,12 @@ class LoopState:
   best_top1_error: float | None = None   # the lowest validation top-1 error so far ...
   best_step: int | None = None           # ... and its step
   pending_eval: bool = False   # saved before its step's evaluation ended: evaluate it first
+  decode_host_rows: int | None = None   # of each device's rows, the host's (decode_share.py)
 
   def saved(self) -> dict:
     return {'plateau': self.plateau.state_dict(), 'best_top1_error': self.best_top1_error,
-            'best_step': self.best_step, 'pending_eval': self.pending_eval}
+            'best_step': self.best_step, 'pending_eval': self.pending_eval,
+            'decode_host_rows': self.decode_host_rows}
 
   def load(self, saved: dict) -> None:
     """Takes the state `saved` returned (checkpoints of earlier versions lack its later
@@ -85,6 +87,7 @@ class LoopState:
     self.best_top1_error = saved.get('best_top1_error')
     self.best_step = saved.get('best_step')
     self.pending_eval = saved.get('pending_eval', False)
+    self.decode_host_rows = saved.get('decode_host_rows')
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +157,8 @@ class _Run:
                             config.profile_steps)
     self.put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh),
                                      dataset.jpeg_store)
+    self.loop_state.decode_host_rows = decode_share.settle(
+        self.put, dataset, self.start_step, self.loop_state.decode_host_rows)
     self.metrics_log = train_metrics.MetricsLog(
         self.writer, steps_per_epoch,
         progress_line.Progress(self.start_step, self.num_steps, config.global_batch_size))
@@ -169,7 +174,7 @@ class _Run:
     config, loop_state = self.config, self.loop_state
     root = storage.workdir_path(workdir)
     self.checkpoints = checkpointing.Checkpoints(
-        str(root / 'checkpoints'), keep=config.keep_checkpoints,
+        str(checkpointing.folder(workdir)), keep=config.keep_checkpoints,
         best_step=lambda: loop_state.best_step if config.keep_best_checkpoint else None)
     restored = self.checkpoints.restore(state)
     if restored is None and config.init_from:

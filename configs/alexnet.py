@@ -11,6 +11,7 @@ Any field can be overridden, e.g. `--config.global_batch_size=256`.
 """
 
 import ml_collections
+from ml_collections import config_dict
 
 from alexnet_jax.data import imagenet_color
 
@@ -58,11 +59,17 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # (21,000 of these JPEGs a second) fed the loop more slowly than the cores (BENCHMARKS.md,
   # "Decoding on the GPU").
   config.decode = 'host'
-  # With GPU decoding: the share of each device's rows the host decodes anyway, and the share
-  # of the GPU's rows its hardware JPEG engines take (the rest, and any they refuse, go to
-  # nvJPEG's hybrid decoder, which decodes Huffman codes on the host's cores).
-  config.decode_host_share = 0.5
+  # With GPU decoding: the share of each device's rows the host decodes anyway, or 'auto':
+  # split by the host's and the GPUs' rates, measured before step 1 and kept in the
+  # checkpoints (alexnet_jax/data/decode_share.py); and the share of the GPU's rows its
+  # hardware JPEG engines take (the rest, and any they refuse, go to nvJPEG's CUDA decoder,
+  # which decodes the Huffman codes of small images on the host's cores).
+  config.decode_host_share = config_dict.FieldReference(0.5, field_type=object)
   config.decode_hardware_share = 1.0
+  # With GPU decoding: batches decoded at once, each on a thread with decoders of its own
+  # (an nvImageCodec decoder keeps one hardware batch in flight); 1 decodes one batch after
+  # another on the loader's thread.
+  config.decode_in_flight = 2
   # A record of the store that cannot be read or decoded stops the run (its step saved) with
   # its shard named. True goes on past such records instead: training reads another image of
   # the batch in place of each, evaluation leaves each out, every one logged and counted
@@ -127,10 +134,9 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   elif variant == 'owt':
     _one_weird_trick(config)
   elif variant == 'demo':
-    # A narrow single-tower net on generated images, in about a minute on 2 CPU cores. At a
-    # constant rate (0.01, or 0.005) its validation error, once it had fallen, jumped back up
-    # by 7 to 33 points between evaluations; with a rate that decays from 0.01 to 0 over the
-    # 1,600 steps it falls steadily and ends at 0.1% or less on seeds 0 to 9 (README's table).
+    # A narrow single-tower net on generated images, in about a minute on 2 CPU cores. The
+    # rate decays to 0 because at a constant rate the error, once fallen, jumps back up
+    # between evaluations (README, "Two commands").
     _one_weird_trick(config)
     config.dataset = 'synthetic'
     config.mean_rgb = (127.5, 127.5, 127.5)

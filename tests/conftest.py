@@ -1,16 +1,26 @@
 """Test set-up: JAX on the CPU, split into simulated devices before it starts."""
 
+import atexit
 import os
 import pathlib
+import shutil
+import tempfile
 
 import pytest
 
-# 2 simulated devices; tests/test_model_parallel.py runs its checks again in a process of 4.
+# 2 simulated devices; tests/parallel/test_placement.py runs its checks again in a process of 4.
 NUM_DEVICES = int(os.environ.get('ALEXNET_TEST_DEVICES', '2'))
 os.environ['JAX_PLATFORMS'] = 'cpu'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
                            f' --xla_force_host_platform_device_count={NUM_DEVICES}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+# One XLA compilation cache for the run, shared with the processes the tests start: many tests
+# train the same tiny model, and each new run compiles the same steps again; a hit skips XLA.
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='alexnet_jax_tests_xla_')
+  atexit.register(shutil.rmtree, os.environ['JAX_COMPILATION_CACHE_DIR'], ignore_errors=True)
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import jax  # noqa: E402  (after the flags above)
 
@@ -81,3 +91,21 @@ def saved_state(workdir, step: int) -> dict:
   """The arrays of checkpoint `step` in `workdir`, read with Orbax directly."""
   import orbax.checkpoint as ocp
   return ocp.PyTreeCheckpointer().restore(os.path.join(workdir, 'checkpoints', str(step), 'state'))
+
+
+_FILE_SECONDS = {}
+
+
+def pytest_runtest_logreport(report):
+  """Adds each test's set-up, call and tear-down time to its file's."""
+  path = report.nodeid.split('::')[0]
+  _FILE_SECONDS[path] = _FILE_SECONDS.get(path, 0.0) + report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+  """The time of each test file, slowest first: where the suite's minutes go."""
+  if not _FILE_SECONDS:
+    return
+  terminalreporter.section('seconds per test file')
+  for path, seconds in sorted(_FILE_SECONDS.items(), key=lambda item: -item[1]):
+    terminalreporter.write_line(f'{seconds:8.1f}  {path}')

@@ -5,13 +5,13 @@ import numpy as np
 import optax
 
 from alexnet_jax import train
-from alexnet_jax.parallel import steps
 from alexnet_jax.data import augment
+from alexnet_jax.parallel import steps
 
 
 def reference_sgd(config, params, batches):
   """The paper's update written out, on one device, with the one-device network, on the
-  patches the augmentation cuts from the global batch (tests/test_augment.py checks them)."""
+  patches the augmentation cuts from the global batch (tests/data/test_augment.py checks them)."""
   model = train.create_model(config, 10)
   aug = augment.from_config(config)
   augment_seed = steps.step_seeds(config.seed)[1]

@@ -102,7 +102,7 @@ def test_demo_config_runs(tmp_path):
 
 def test_durations_in_epochs_at_the_papers_numbers():
   """ImageNet's 1,281,167 training images at batch 128: 10,009 steps an epoch, 90 epochs."""
-  steps_per_epoch = 1_281_167 // 128   # 10,009, as data.create counts it (tests/test_data.py)
+  steps_per_epoch = 1_281_167 // 128   # 10,009, as data.create counts it (tests/data/test_loader.py)
   assert train._steps(-1, 90.0, steps_per_epoch) == 900_810
   assert train._steps(-1, 1.0, steps_per_epoch) == 10_009        # evaluate every epoch
   assert train._steps(-1, 0.5, steps_per_epoch) == 5_005         # a part epoch, rounded up

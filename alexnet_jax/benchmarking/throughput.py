@@ -16,9 +16,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models, optim
-from alexnet_jax.parallel import placement, steps
 from alexnet_jax.benchmarking.clock import Clock
-from alexnet_jax.data import augment, loader, store, to_devices
+from alexnet_jax.data import augment, image_source, loader, store, to_devices
+from alexnet_jax.parallel import placement, steps
 
 # compare_inputs' rows of the decoder by itself: on one thread, and in a process per core.
 DECODE_ALONE, DECODE_EVERY_CORE = 'decode alone', 'decode alone on every core'
@@ -53,12 +53,12 @@ def decode_alone(split: store.StoreSplit, images: int, processes: int = 1) -> tu
   return sum(n for n, _, _ in runs) / wall, sum(c for _, c, _ in runs) / wall
 
 
-def _data(split: loader.Split, size: int, batch: int, reading: loader.Reading):
+def _data(split: image_source.Split, size: int, batch: int, reading: loader.Reading):
   return loader.make_data(split, split, name='benchmark', num_classes=1000, image_size=size,
                           global_batch=batch, seed=0, reading=reading)
 
 
-def input_alone(split: loader.Split, size: int, batch: int, reading: loader.Reading,
+def input_alone(split: image_source.Split, size: int, batch: int, reading: loader.Reading,
                 num_steps: int, warmup: int) -> tuple[float, float]:
   """(images/s, cores used) of the loader alone."""
   stream = _data(split, size, batch, reading).train_batches(0)
@@ -110,12 +110,15 @@ def step_alone(step: Step, size: int, batch: int, num_steps: int, warmup: int):
   return num_steps * batch / clock.wall, clock.cores, 1000 * clock.thread / num_steps
 
 
-def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader.Reading,
-         num_steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0):
+def loop(step: Step, split: image_source.Split, size: int, batch: int, reading: loader.Reading,
+         num_steps: int, warmup: int, staging: str = 'auto', decoder=None, host_share: float = 0.0,
+         decoders=None):
   """(images/s, cores used, training thread's CPU ms per step) of the loader's batches,
   copied to the devices on its background thread (and with `decoder` their JPEGs decoded
-  there, but `host_share` of each device's rows), trained on."""
-  batches = _on_devices(step, split, size, batch, reading, staging, decoder, host_share)
+  there, but `host_share` of each device's rows; with `decoders`, len(decoders) batches at
+  once), trained on."""
+  batches = _on_devices(step, split, size, batch, reading, staging,
+                        decoders or ([decoder] if decoder else None), host_share)
   try:
     clock = step.run(batches, num_steps, warmup)
   finally:
@@ -123,20 +126,22 @@ def loop(step: Step, split: loader.Split, size: int, batch: int, reading: loader
   return num_steps * batch / clock.wall, clock.cores, 1000 * clock.thread / num_steps
 
 
-def _on_devices(step: Step, split: loader.Split, size: int, batch: int,
-                reading: loader.Reading, staging: str, decoder, host_share: float):
+def _on_devices(step: Step, split: image_source.Split, size: int, batch: int,
+                reading: loader.Reading, staging: str, decoders, host_share: float):
   """The loader's batches of `split`, put on `step`'s devices as the trainer puts them."""
-  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoder=decoder, host_batch=batch,
-                             host_share=host_share)
+  put = to_devices.ToDevices(step.mesh, step.spec, staging, decoders=decoders,
+                             host_batch=batch, host_share=host_share)
   return _data(split, size, batch, reading).train_batches(0, put=put, split=put.decode_split)
 
 
-def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
-                     reading: loader.Reading, num_steps: int, warmup: int, decoder,
-                     host_share: float = 0.0):
+def input_to_devices(step: Step, split: image_source.Split, size: int, batch: int,
+                     reading: loader.Reading, num_steps: int, warmup: int, decoder=None,
+                     host_share: float = 0.0, decoders=None):
   """(images/s, cores used, None) of the loader's batches put on the devices, decoded there
-  by `decoder` (but `host_share` of each device's rows), without a step."""
-  batches = _on_devices(step, split, size, batch, reading, 'auto', decoder, host_share)
+  by `decoder` (but `host_share` of each device's rows; with `decoders`, len(decoders)
+  batches at once), without a step."""
+  batches = _on_devices(step, split, size, batch, reading, 'auto',
+                        decoders or ([decoder] if decoder else None), host_share)
   try:
     for _ in range(warmup):
       next(batches)
@@ -149,7 +154,7 @@ def input_to_devices(step: Step, split: loader.Split, size: int, batch: int,
   return num_steps * batch / clock.wall, clock.cores, None
 
 
-def compare_inputs(split: loader.Split, size: int, batch: int, readings, rounds: int,
+def compare_inputs(split: image_source.Split, size: int, batch: int, readings, rounds: int,
                    num_steps: int, warmup: int, decode: store.StoreSplit | None = None) -> dict:
   """{reading: (median images/s, median cores used)}, and {'decode alone': ...} with `decode`
   (a store of JPEGs): the rows measured in turns, `rounds` times, so that whatever else the

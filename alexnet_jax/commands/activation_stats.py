@@ -17,21 +17,20 @@ import numpy as np
 import optax
 from absl import flags
 
-from alexnet_jax import command_line, data, train
+from alexnet_jax import command_line, data, models, train
+from alexnet_jax.data import augment
 from alexnet_jax.parallel import placement, steps
 from alexnet_jax.workdir import color_stats
-from alexnet_jax.data import augment
 
-LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 
 def layer_table(model, params, aug, batch) -> tuple[list[tuple], float, float]:
   """([(layer, std, mean, firing, dead units)], logits std, loss) on `batch`."""
   images = augment.eval_images(aug, batch['image'], ten_patches=False)
   logits, state = model.apply({'params': params}, images, train=False,
-                              capture_intermediates=lambda m, _: m.name in LAYERS)
+                              capture_intermediates=lambda m, _: m.name in models.LAYERS)
   rows = []
-  for name in LAYERS:
+  for name in models.LAYERS:
     out = np.asarray(state['intermediates'][name]['__call__'][0])
     units = out.reshape(-1, out.shape[-1])
     rows.append((name, out.std(), out.mean(), (out > 0).mean(), ((units > 0).sum(0) == 0).mean()))
@@ -57,7 +56,7 @@ def main(argv):
     print('| layer | std | mean | firing | dead units |')
     print('|---|---|---|---|---|')
     for name, std, mean, firing, dead in rows:
-      relu = name != LAYERS[-1]
+      relu = name != models.LAYERS[-1]
       print(f'| {name} | {std:.3g} | {mean:.3g} | ' +
             (f'{firing:.2f} | {dead:.2f} |' if relu else '- | - |'))
 

@@ -35,10 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models, optim
-from alexnet_jax.benchmarking import torch_peer
-from alexnet_jax.parallel import placement, steps
-from alexnet_jax.benchmarking import table
+from alexnet_jax.benchmarking import table, torch_peer
 from alexnet_jax.data import augment, imagenet_color
+from alexnet_jax.parallel import placement, steps
 
 # Dense peak FLOP/s per device (vendor figures), by a piece of the device kind
 # and the compute dtype; float32 matmuls on these GPUs run as TF32 by default.

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from alexnet_jax import models, optim
+from alexnet_jax.data import augment
 from alexnet_jax.parallel import placement, steps
 from alexnet_jax.workdir import checkpointing
-from alexnet_jax.data import augment
 
 
 def _du(path) -> int:
@@ -49,7 +49,7 @@ def measure(variant: str, saves: int, directory: pathlib.Path, batch: int) -> di
       if jnp.issubdtype(x.dtype, jnp.floating) else x, state.opt_state))
   root = directory / variant
   shutil.rmtree(root, ignore_errors=True)
-  checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'), keep=saves)
+  checkpoints = checkpointing.Checkpoints(str(checkpointing.folder(str(root))), keep=saves)
   waits, written = [], []
   for step in range(1, saves + 1):
     state = state.replace(step=jax.device_put(jnp.int32(step), state.step.sharding))
@@ -66,7 +66,7 @@ def measure(variant: str, saves: int, directory: pathlib.Path, batch: int) -> di
   result = {
       'parameters': models.count_params(state.params),
       'state_bytes': checkpointing.checkpoint_bytes(state),
-      'on_disk': _du(root / 'checkpoints' / str(saves)),
+      'on_disk': _du(pathlib.Path(checkpointing.folder(str(root)), str(saves))),
       'wait_s': statistics.median(waits),
       'written_s': statistics.median(written),
       'restore_s': restore_s,

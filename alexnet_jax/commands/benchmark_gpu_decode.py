@@ -22,11 +22,11 @@ import time
 
 import jax
 import numpy as np
-import simplejpeg
 
-from alexnet_jax.parallel import backend, placement
 from alexnet_jax.benchmarking import table, throughput
-from alexnet_jax.data import gpu_decode, loader, store, to_devices
+from alexnet_jax.benchmarking.gpu_feed import differences
+from alexnet_jax.data import gpu_decode, image_source, loader, store, to_devices
+from alexnet_jax.parallel import backend, placement
 
 
 def _jpegs(path: str, count: int) -> tuple[list[np.ndarray], int]:
@@ -76,28 +76,12 @@ def step_with_decoding(step, decoder, device, jpegs, size: int, batch: int, step
   return rate, decode_rate_
 
 
-def differences(decoder, device, jpegs, size: int, batch: int = 256) -> tuple[int, float, float]:
-  """(largest, mean difference per pixel channel, share of channels that differ) between the
-  GPU's pixels and libjpeg-turbo's, over `jpegs`."""
-  largest, total, differ, count = 0, 0.0, 0, 0
-  for start in range(0, len(jpegs), batch):
-    chunk = jpegs[start:start + batch]
-    pixels = np.zeros((len(chunk), size, size, 3), np.uint8)
-    gpu = np.asarray(decoder.decode(device, pixels, dict(enumerate(chunk)),
-                                    np.arange(len(chunk))))
-    host = np.stack([simplejpeg.decode_jpeg(j, colorspace='RGB') for j in chunk])
-    diff = np.abs(gpu.astype(np.int16) - host.astype(np.int16))
-    largest, total = max(largest, int(diff.max())), total + float(diff.sum())
-    differ, count = differ + int((diff > 0).sum()), count + diff.size
-  return largest, total / count, differ / count
-
-
 def check_trainers_path(path: str, decoder, batch: int, steps: int = 3) -> tuple[int, int]:
   """(largest difference on the GPU's rows, on the host's rows) between the loader's batches
   put on the devices with `decoder` decoding 3/4 of each device's rows, and the host's."""
   prepared = store.open_store(pathlib.Path(path).expanduser())
   source = prepared.source_of('train')
-  split = loader.Split(source, 0, len(source))
+  split = image_source.Split(source, 0, len(source))
   data = loader.make_data(split, split, name=path, num_classes=len(prepared.classes),
                           image_size=prepared.image_size, global_batch=batch, seed=0,
                           reading=loader.Reading(workers=0, threads=4))
@@ -126,12 +110,15 @@ def main(args):
   print(f'jax {jax.__version__}, {device.device_kind}; {len(jpegs)} JPEGs of {size}x{size} from '
         f'{args.store}, {np.mean([len(j) for j in jpegs]) / 1024:.1f} KiB on average',
         flush=True)
-  decoders = {'hardware decoders (all they take)': 1.0, 'CUDA decoder alone': 0.0}
+  decoders = {'hardware decoders (all they take)': 1.0,
+              'CUDA decoder alone (Huffman on the host)': 0.0}
   decoders.update({f'both, {share:.0%} on the hardware': share
                    for share in args.hardware_shares})
-  built = {name: gpu_decode.GpuDecoder([device], size, share) for name, share in decoders.items()}
   rows = []
   for batch in args.batches:
+    # The engines' share of a batch is fixed at a decoder's first call: decoders per size.
+    built = {name: gpu_decode.GpuDecoder([device], size, share)
+             for name, share in decoders.items()}
     for name, decoder in built.items():
       rows.append((batch, f'decode alone: {name}',
                    decode_rate(decoder, device, jpegs, size, batch, args.repeats)))
@@ -156,12 +143,13 @@ def main(args):
        for batch, what, rate, *beside in rows])
   print()
   compared = []
-  for name in ('hardware decoders (all they take)', 'CUDA decoder alone'):
+  for name in ('hardware decoders (all they take)', 'CUDA decoder alone (Huffman on the host)'):
     largest, mean, share = differences(built[name], device, jpegs, size)
     compared.append((name, largest, f'{mean:.3f}', f'{share:.1%}'))
   table.print_markdown(('decoder', 'largest difference', 'mean difference',
                         'channels that differ'), compared)
-  on_gpu, on_host = check_trainers_path(args.store, built['CUDA decoder alone'], 256)
+  on_gpu, on_host = check_trainers_path(
+      args.store, built['CUDA decoder alone (Huffman on the host)'], 256)
   print(f'\nThe trainer\'s path, 3 batches of 256, a quarter of the rows decoded on the host: '
         f'largest difference from the host\'s batches {on_gpu} on the GPU\'s rows, {on_host} '
         'on the host\'s rows.')

@@ -39,10 +39,11 @@ import time
 os.environ.setdefault('XLA_PYTHON_CLIENT_PREALLOCATE', 'false')
 import jax  # noqa: E402  (after the variable above)
 
+from alexnet_jax.benchmarking import photo_like, table, throughput
+from alexnet_jax.data import gpu_decode, image_source, loader, store
 from alexnet_jax.loop import summaries
 from alexnet_jax.parallel import backend
-from alexnet_jax.benchmarking import photo_like, table, throughput
-from alexnet_jax.data import gpu_decode, loader, store
+from alexnet_jax.workdir import checkpointing
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]   # the repository: main.py, configs/
 
@@ -56,7 +57,7 @@ def run_main(workdir: pathlib.Path, store_path: pathlib.Path, model: str, steps:
              f'--config.eval_every_steps={steps}', f'--config.log_every_steps={log_every}',
              f'--config.checkpoint_every_steps={steps}', '--config.keep_best_checkpoint=false',
              *extra]
-  saved = workdir / 'checkpoints'
+  saved = pathlib.Path(checkpointing.folder(str(workdir)))
   resumed_from = max((int(p.name) for p in saved.iterdir() if p.name.isdigit()), default=None
                      ) if saved.is_dir() else None
   start = time.perf_counter()
@@ -88,7 +89,7 @@ def main(args):
   made = time.perf_counter() - start
   prepared = store.open_store(store_path)
   source = prepared.source_of('train')
-  split = loader.Split(source, 0, len(source))
+  split = image_source.Split(source, 0, len(source))
   size = prepared.image_size
   dtype = args.dtype or backend.compute_dtype('auto')
   workers, threads = loader.auto_resources()

@@ -39,13 +39,13 @@ import jax
 import numpy as np
 
 from alexnet_jax import models
-from alexnet_jax.parallel import backend
 from alexnet_jax.benchmarking import photo_like, table, throughput
 from alexnet_jax.benchmarking.throughput import (DECODE_ALONE, DECODE_EVERY_CORE, Step,
                                                  compare_inputs, describe_reading,
                                                  input_alone, input_to_devices, loop,
                                                  step_alone)
-from alexnet_jax.data import gpu_decode, image_folder, loader, store, synthetic
+from alexnet_jax.data import gpu_decode, image_folder, image_source, loader, store, synthetic
+from alexnet_jax.parallel import backend
 
 
 def _reading(text: str) -> loader.Reading:
@@ -69,14 +69,15 @@ def main(args):
   if store_path:
     prepared = store.open_store(pathlib.Path(store_path).expanduser())
     size, source = prepared.image_size, prepared.source_of('train')
-    split = loader.Split(source, 0, len(source))
+    split = image_source.Split(source, 0, len(source))
     sizes = [len(r) for r in throughput.records_of(source, 1000)]
     what = (f'store {store_path} ({len(source):,} {prepared.encoding} images of {size}x{size}, '
             f'{np.mean(sizes) / 1024:.1f} KiB on average)')
     read = 'the store'
   else:
     size = args.stored_size
-    split = loader.Split(synthetic.SyntheticSplit(synthetic.TRAIN, 12_800, size, 10), 0, 12_800)
+    generated = synthetic.SyntheticSplit(synthetic.TRAIN, 12_800, size, 10)
+    split = image_source.Split(generated, 0, len(generated))
     what, read = f'generated images ({size}x{size})', 'generated images'
   device = jax.local_devices()[0]
   print(f'jax {jax.__version__}, {jax.local_device_count()} x {device.device_kind}; '
@@ -96,7 +97,7 @@ def main(args):
     print(rows[-1], flush=True)
   if args.folder:
     listed = image_folder.open_folder(args.folder, ['train'])
-    folder_split = loader.Split(image_folder.FolderSplit(*listed.splits['train'],
+    folder_split = image_source.Split(image_folder.FolderSplit(*listed.splits['train'],
                                                          args.stored_size),
                                 0, len(listed.splits['train'][0]))
     rows.append(('input alone: JPEG files decoded and resized as read',

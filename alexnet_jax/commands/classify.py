@@ -8,7 +8,9 @@ as training and evaluation make it: shorter side to the config's resize_size, th
 square, then its centre patch, or with --ten_patches the paper's ten patches with their
 softmax averaged. The workdir's model.json says the model, its input and its classes
 (ImageNet wnids shown by their WordNet words); a workdir trained before model.json was
-written needs --config. An image that cannot be read or decoded is named on stderr, the
+written needs --config. Images are read as `prepare` reads them (`data/image_files.py`):
+regular files only, each folder walked once, within --max_image_bytes and
+--max_image_pixels. An image that cannot be read or decoded is named on stderr, the
 others are still classified, and the command exits with status 1.
 """
 
@@ -24,10 +26,10 @@ from absl import flags
 from etils import epath
 
 from alexnet_jax import command_line, errors, train
+from alexnet_jax.data import augment, decode, image_files
 from alexnet_jax.interop import class_names
 from alexnet_jax.parallel import distributed
 from alexnet_jax.workdir import color_stats, model_record, orbax_logs, trained
-from alexnet_jax.data import augment, decode, image_folder
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,11 +83,11 @@ def image_paths(arguments: list[str]) -> tuple[list[str], list[tuple[str, str]]]
   for argument in arguments:
     path = epath.Path(argument)
     if path.is_dir():
-      found = sorted(_images_under(path))
+      found = image_files.images_under(argument)
       if found:
         paths += found
       else:
-        missing.append((argument, f'a folder with no {", ".join(image_folder.SUFFIXES)} files'))
+        missing.append((argument, f'a folder with no {", ".join(image_files.SUFFIXES)} files'))
     elif path.exists():
       paths.append(argument)
     else:
@@ -93,21 +95,11 @@ def image_paths(arguments: list[str]) -> tuple[list[str], list[tuple[str, str]]]
   return paths, missing
 
 
-def _images_under(folder: epath.Path) -> list[str]:
-  """The images in `folder` and its subfolders (epath has no recursive glob on gs://)."""
-  found = []
-  for path in folder.iterdir():
-    if path.is_dir():
-      found += _images_under(path)
-    elif path.suffix.lower() in image_folder.SUFFIXES:
-      found.append(str(path))
-  return found
-
-
 def classify(classifier: Classifier, paths: list[str], top: int = 5, ten_patches: bool = False,
-             batch_size: int = 32) -> tuple[list[dict], list[tuple[str, str]]]:
+             batch_size: int = 32, limits: image_files.Limits = image_files.Limits()
+             ) -> tuple[list[dict], list[tuple[str, str]]]:
   """([{'image', 'top': [{'index', 'class', 'name', 'probability'}, ...]}], [(image, why
-  it could not be classified)]); every readable image is classified."""
+  it could not be classified)]); every image readable within `limits` is classified."""
   size = classifier.config.resize_size
   batch_size = max(1, min(batch_size, len(paths)))   # one shape, one compile
   results, failures = [], []
@@ -115,7 +107,8 @@ def classify(classifier: Classifier, paths: list[str], top: int = 5, ten_patches
     chunk = []
     for path in paths[start:start + batch_size]:
       try:
-        chunk.append((path, decode.square(epath.Path(path).read_bytes(), size)))
+        chunk.append((path, decode.square(image_files.read(path, limits), size,
+                                          limits.max_pixels)))
       except (OSError, decode.UndecodableImage) as e:
         failures.append((path, f'cannot be decoded ({e})' if isinstance(
             e, decode.UndecodableImage) else f'cannot be read ({e})'))
@@ -141,7 +134,9 @@ def main(argv):
   try:
     classifier = load(FLAGS.workdir, FLAGS.checkpoint, FLAGS.config)
     paths, failures = image_paths(argv[1:])
-    results, undecodable = classify(classifier, paths, FLAGS.top, FLAGS.ten_patches)
+    results, undecodable = classify(
+        classifier, paths, FLAGS.top, FLAGS.ten_patches,
+        limits=image_files.Limits(FLAGS.max_image_bytes, FLAGS.max_image_pixels))
   except errors.UserFacingError as e:
     sys.exit(f'error: {e}')
   failures += undecodable
@@ -170,5 +165,9 @@ if __name__ == '__main__':
   flags.DEFINE_bool('ten_patches', False, "The paper's ten patches (corners, centre and their "
                     'reflections), softmax averaged, instead of the centre patch.')
   flags.DEFINE_bool('json', False, 'One JSON document on stdout instead of text.')
+  flags.DEFINE_integer('max_image_bytes', image_files.MAX_BYTES, 'A larger file is named and '
+                       'skipped unread.')
+  flags.DEFINE_integer('max_image_pixels', image_files.Limits().max_pixels, 'A larger image is '
+                       'named and skipped from its header, undecoded.')
   flags.mark_flags_as_required(['workdir'])
   command_line.run(main)

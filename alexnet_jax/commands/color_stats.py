@@ -13,9 +13,9 @@ import numpy as np
 from absl import flags
 
 from alexnet_jax import command_line, data
+from alexnet_jax.errors import UserFacingError
 from alexnet_jax.parallel import distributed
 from alexnet_jax.workdir import color_stats
-from alexnet_jax.errors import UserFacingError
 
 
 def compute(config, max_images: int) -> dict:

@@ -19,10 +19,10 @@ from absl import flags, logging
 import numpy as np
 
 from alexnet_jax import command_line, config_checks, data, errors, train
+from alexnet_jax.data import to_devices
 from alexnet_jax.loop import evaluate
 from alexnet_jax.parallel import distributed, placement, steps
 from alexnet_jax.workdir import color_stats, trained
-from alexnet_jax.data import to_devices
 
 
 def evaluate_workdirs(config, workdirs: list[str], which: str) -> dict:

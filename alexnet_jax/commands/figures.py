@@ -23,10 +23,10 @@ from absl import flags
 from etils import epath
 
 from alexnet_jax import command_line, data, errors, train
+from alexnet_jax.data import augment
 from alexnet_jax.loop import summaries
 from alexnet_jax.parallel import distributed, placement
 from alexnet_jax.workdir import color_stats, trained
-from alexnet_jax.data import augment
 
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)

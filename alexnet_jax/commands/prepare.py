@@ -28,7 +28,7 @@ import time
 
 from etils import epath
 
-from alexnet_jax.data import store
+from alexnet_jax.data import image_files, store
 from alexnet_jax.data.prepare import Options, default_out, prepare
 from alexnet_jax.errors import DataError
 
@@ -39,7 +39,8 @@ def main(argv):
   FLAGS = flags.FLAGS
   out = FLAGS.out or default_out(FLAGS.source, FLAGS.size)
   options = Options(size=FLAGS.size, encoding=FLAGS.encoding, quality=FLAGS.quality,
-                    images_per_shard=FLAGS.images_per_shard, workers=FLAGS.workers)
+                    images_per_shard=FLAGS.images_per_shard, workers=FLAGS.workers,
+                    limits=image_files.Limits(FLAGS.max_image_bytes, FLAGS.max_image_pixels))
   start = time.monotonic()
   try:
     prepared = prepare(FLAGS.source, out, options, FLAGS.splits, manual_dir=FLAGS.manual_dir,
@@ -74,5 +75,9 @@ if __name__ == '__main__':
                       'default TFDS\'s own.')
   flags.DEFINE_bool('imagenet_wnid_labels', False, 'image_folder: class folders named by '
                     'ImageNet wnids take their ImageNet-1k index.')
+  flags.DEFINE_integer('max_image_bytes', image_files.MAX_BYTES, 'image_folder: a larger file is '
+                       'skipped unread, and named.')
+  flags.DEFINE_integer('max_image_pixels', image_files.Limits().max_pixels, 'A larger image is '
+                       'skipped from its header, undecoded, and named.')
   flags.mark_flags_as_required(['source'])
   app.run(main)

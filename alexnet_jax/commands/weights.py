@@ -26,10 +26,10 @@ from etils import epath
 from flax.training import train_state
 
 from alexnet_jax import command_line, optim, train
-from alexnet_jax.interop import class_names, torch_file, torchvision_layout
+from alexnet_jax.errors import ConfigError, UserFacingError
+from alexnet_jax.interop import class_names, torch_file, torch_save, torchvision_layout
 from alexnet_jax.parallel import distributed
 from alexnet_jax.workdir import checkpointing, model_record, orbax_logs, storage, trained
-from alexnet_jax.errors import ConfigError, UserFacingError
 
 IMPORTED_STEP = 0
 
@@ -39,11 +39,13 @@ def import_weights(source: str, workdir: str, config) -> dict:
   what was imported. Everything is read and checked before anything is written."""
   distributed.one_host_only('python -m alexnet_jax.commands.weights import')
   root = storage.workdir_path(workdir)
-  for folder in ('checkpoints', 'best'):
-    if (root / folder).is_dir() and any((root / folder).iterdir()):
-      raise ConfigError(f'{root / folder} already holds checkpoints: import into a new '
+  for folder in (checkpointing.folder(workdir), root / checkpointing.LEGACY_BEST_FOLDER):
+    if folder.is_dir() and any(folder.iterdir()):
+      raise ConfigError(f'{folder} already holds checkpoints: import into a new '
                         '--workdir (nothing was changed).')
-  state_dict = torch_file.read_state_dict(source)
+  # The layout is checked from the file's shapes, before any tensor is read.
+  state_dict = torch_file.read_state_dict(
+      source, check_shapes=lambda shapes: torchvision_layout.check_shapes(shapes, source))
   params, width, num_classes = torchvision_layout.from_torchvision(state_dict, source)
   config = config.copy_and_resolve_references()
   with config.unlocked():
@@ -57,7 +59,8 @@ def import_weights(source: str, workdir: str, config) -> dict:
                                         params=jax.tree.map(jnp.asarray, params))
   state = state.replace(step=jnp.zeros((), jnp.int32))
   plateau = optim.PlateauController(config.learning_rate, **config.plateau)
-  checkpoints = checkpointing.Checkpoints(str(root / 'checkpoints'), keep=config.keep_checkpoints)
+  checkpoints = checkpointing.Checkpoints(str(checkpointing.folder(workdir)),
+                                           keep=config.keep_checkpoints)
   try:
     checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': None,
                              'pending_eval': False})
@@ -88,7 +91,7 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
   except torchvision_layout.LayoutError as e:
     raise torchvision_layout.LayoutError(f'{workdir} cannot be exported: {e}') from e
   epath.Path(target).parent.mkdir(parents=True, exist_ok=True)
-  torch_file.write_state_dict(target, state_dict)
+  torch_save.write_state_dict(target, state_dict)
   return {'step': step, 'classes': int(params['fc8']['bias'].shape[0]),
           'parameters': int(sum(np.size(v) for v in state_dict.values()))}
 

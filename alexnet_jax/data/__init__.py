@@ -6,7 +6,8 @@
                  from a source by `python -m alexnet_jax.commands.prepare`
   loader.py      per-host batches (host_batch.py) of S x S uint8 images, shuffled, decoded by
                  worker processes, or of the JPEG bytes of the rows the devices decode
-  to_devices.py  host batch -> the batch on the devices; gpu_decode.py decodes JPEGs there
+  to_devices.py  host batch -> the batch on the devices; gpu_decode.py decodes JPEGs there,
+                 in_flight.py several batches at once, decode_share.py splits the rows
   augment.py     on the device, inside the jitted step: the paper's patches, reflections,
                  PCA lighting and mean subtraction
 
@@ -24,7 +25,7 @@ importer of the optional GPU decoder).
 
 from etils import epath
 
-from alexnet_jax.data import image_folder, loader, splits, store, synthetic
+from alexnet_jax.data import image_folder, image_source, loader, splits, store, synthetic
 from alexnet_jax.data.loader import Data
 from alexnet_jax.errors import DataError
 
@@ -83,7 +84,7 @@ def create(config, global_batch_size: int, process_index: int = 0, process_count
                         '--config.eval_split to those.')
     sources = {spec: prepared.source_of(spec.name) for spec in (train_spec, eval_spec)}
     classes, class_names = len(prepared.classes), prepared.classes
-  train, evaluation = (loader.Split(sources[spec], *spec.bounds(len(sources[spec])))
+  train, evaluation = (image_source.Split(sources[spec], *spec.bounds(len(sources[spec])))
                        for spec in (train_spec, eval_spec))
   return loader.make_data(train, evaluation, name=config.dataset, num_classes=classes,
                           image_size=size, global_batch=global_batch_size, seed=config.seed,

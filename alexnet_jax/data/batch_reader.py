@@ -4,24 +4,20 @@ it on its threads and decoding processes (the order and the rows are described t
 """
 
 import threading
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from alexnet_jax.data import shared_batches
+from alexnet_jax.data import image_source, shared_batches
 from alexnet_jax.data.host_batch import JPEG_BYTES_PER_PIXEL, DecodeSplit
 from alexnet_jax.errors import DamagedRecordError
-
-if TYPE_CHECKING:
-  from alexnet_jax.data import loader
 
 
 class BatchReader:
   """Host batch b of the training stream (`seed` given) or of the eval pass (in order, padded
   and masked): which examples it holds, decoded into one array."""
 
-  def __init__(self, split: 'loader.Split', *, image_size: int, global_batch: int, host_batch: int,
-               host_index: int, steps_per_epoch: int, seed: int | None = None,
+  def __init__(self, split: image_source.Split, *, image_size: int, global_batch: int,
+               host_batch: int, host_index: int, steps_per_epoch: int, seed: int | None = None,
                decode_split: DecodeSplit | None = None, skip_damaged: bool = False):
     self.split, self.image_size, self.seed = split, image_size, seed   # seed None: eval
     self.global_batch, self.host_batch, self.host_index = global_batch, host_batch, host_index

@@ -1,10 +1,15 @@
 """JPEG decoding on NVIDIA GPUs: nvImageCodec (nvJPEG) decodes each device's rows on it.
 
 nvImageCodec drives both of nvJPEG's decoders: the hardware engines beside the SMs (A100,
-H100 and H200 have them) take `hardware_share` of each batch, and nvJPEG's hybrid decoder the
-rest (and whatever the engines refuse): Huffman decoding on the host's cores, the rest on the
-SMs. (nvJPEG's all-GPU decoder does not load with nvImageCodec 0.9 and CUDA 13.) Each device's
-block of a batch is one buffer allocated here (CuPy); every image is
+H100 and H200 have them) take `hardware_share` of each batch, and nvJPEG's CUDA decoder the
+rest (and whatever the engines refuse). nvImageCodec registers the CUDA decoder as
+`HYBRID_CPU_GPU`: by default it decodes the Huffman codes of an image under 1,000,000 pixels
+on the host's cores and the rest on the SMs; `huffman_on_gpu` sets its
+`hybrid_huffman_threshold` to 0, which puts every image's Huffman decoding on the SMs (the
+all-GPU path). No decoder registers as `GPU_ONLY` (asking for it fails with "Could not create
+decoder. Code: 7"). Each decoder keeps one hardware batch in flight (a call waits for its
+previous one), so `to_devices.ToDevices` gives each of its lanes a `GpuDecoder` of its own.
+Each device's block of a batch is one buffer allocated here (CuPy); every image is
 decoded straight into its row of it, on a stream of this module's, and the buffer becomes a
 JAX array by DLPack, which makes JAX's stream wait for the decode and keeps the buffer alive
 until JAX no longer reads it: no copy, no array per image, no pixel through the host.
@@ -15,9 +20,9 @@ was decoded.
 
 nvJPEG and libjpeg-turbo round differently: on an H200, over 1,000 real photos stored at
 256x256, the hardware decoders' pixels differ from libjpeg-turbo's by 1 level at most, the
-hybrid decoder's by 3 at most (2.7% of the channels, 0.03 levels on average; BENCHMARKS.md,
-"Decoding on the GPU"). A run always decodes a row where it did before a resume
-(`host_batch.DecodeSplit`), so resumed runs read the same pixels.
+CUDA decoder's (Huffman on the host) by 3 at most (2.7% of the channels, 0.03 levels on
+average; BENCHMARKS.md, "Decoding on the GPU"). A run always decodes a row where it did before
+a resume (`host_batch.DecodeSplit`, `decode_share.py`), so resumed runs read the same pixels.
 """
 
 import logging
@@ -47,10 +52,23 @@ def missing_package() -> str | None:
   return None
 
 
-class GpuDecoder:
-  """Decodes the rows of a host batch that carry JPEG bytes, each on its own device."""
+# Passing options replaces nvImageCodec's default, ':fancy_upsampling=0': kept, or the pixels
+# change. The threshold of 0 moves the CUDA decoder's Huffman decoding onto the SMs.
+OPTIONS = ':fancy_upsampling=0'
+HUFFMAN_ON_GPU = OPTIONS + ' nvjpeg_cuda_decoder:hybrid_huffman_threshold=0'
+# Host threads per decoder (nvImageCodec's default is one per core, for each decoder).
+CPU_THREADS = 2
 
-  def __init__(self, devices, image_size: int, hardware_share: float):
+
+class GpuDecoder:
+  """Decodes the rows of a host batch that carry JPEG bytes, each on its own device.
+
+  The engines' share of a batch is fixed, in images, at a decoder's first call: a decoder
+  serves one batch size.
+  """
+
+  def __init__(self, devices, image_size: int, hardware_share: float,
+               huffman_on_gpu: bool = False, cpu_threads: int = CPU_THREADS):
     nvimgcodec, cupy = _import()
     self._nvimgcodec, self._cupy = nvimgcodec, cupy
     self._size = image_size
@@ -58,6 +76,7 @@ class GpuDecoder:
     backends = [nvimgcodec.Backend(kinds.HYBRID_CPU_GPU)]   # also what the engines refuse
     if hardware_share > 0:
       backends.insert(0, nvimgcodec.Backend(kinds.HW_GPU_ONLY, load_hint=hardware_share))
+    options = HUFFMAN_ON_GPU if huffman_on_gpu else OPTIONS
     # Stored images are upright RGB already: no EXIF turn, no colour conversion but YCbCr's.
     self._params = nvimgcodec.DecodeParams(apply_exif_orientation=False,
                                            color_spec=nvimgcodec.ColorSpec.SRGB)
@@ -66,7 +85,9 @@ class GpuDecoder:
       ordinal = device.local_hardware_id
       with cupy.cuda.Device(ordinal):
         self._streams[device] = cupy.cuda.Stream(non_blocking=True)
-      self._decoders[device] = nvimgcodec.Decoder(device_id=ordinal, backends=backends)
+      self._decoders[device] = nvimgcodec.Decoder(
+          device_id=ordinal, max_num_cpu_threads=cpu_threads, backends=backends,
+          options=options)
     self.version = nvimgcodec.__version__
 
   def decode(self, device, pixels: np.ndarray, jpegs: dict, index: np.ndarray):
@@ -121,8 +142,9 @@ MODES = ('auto', 'host', 'device')
 
 
 def choose(mode: str, *, platform: str, jpeg_store: bool, devices, image_size: int,
-           hardware_share: float) -> GpuDecoder | None:
-  """The GPU decoder, or None for the host's; logs which and why.
+           hardware_share: float, lanes: int = 1) -> list[GpuDecoder] | None:
+  """`lanes` GPU decoders (one per batch decoded at once), or None for the host's; logs which
+  and why.
 
   `mode`: 'device' (the GPU, or a ConfigError saying why not), 'host', or 'auto' (the GPU
   where the devices are GPUs, the store holds JPEGs and the package loads; else the host).
@@ -145,7 +167,8 @@ def choose(mode: str, *, platform: str, jpeg_store: bool, devices, image_size: i
     log = logging.warning if platform == 'gpu' and jpeg_store else logging.info
     log('JPEGs are decoded on the host: %s.', reason)
     return None
-  decoder = GpuDecoder(devices, image_size, hardware_share)
+  decoders = [GpuDecoder(devices, image_size, hardware_share) for _ in range(lanes)]
   logging.info('JPEGs are decoded on the GPUs (nvImageCodec %s; %.0f%% of each batch on the '
-               'hardware decoders).', decoder.version, 100 * hardware_share)
-  return decoder
+               'hardware decoders; %d batches at once).', decoders[0].version,
+               100 * hardware_share, lanes)
+  return decoders

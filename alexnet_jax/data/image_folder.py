@@ -7,10 +7,14 @@ train split's class folders; with `imagenet_wnid_labels`, folders named by
 ImageNet wnids take their ImageNet-1k index instead, so a model trained on
 ImageNet evaluates on the folder with the right labels.
 
-JPEG, PNG, GIF and BMP files of any size are read, grayscale, CMYK and alpha
-turned into RGB (`decode.py`). A file that is empty, truncated (no end marker)
-or not an image at all is logged with its path, counted and left out when the
-folder is listed, before any epoch is laid out.
+JPEG, PNG, GIF and BMP files are read (told by their content), grayscale,
+CMYK and alpha turned into RGB, 16-bit samples scaled to 8 bits (`decode.py`).
+A file that is empty, truncated (no end marker), not an image at all, not a
+regular file (a FIFO, a link to a device) or over the byte cap is logged with
+its path, counted and left out when the folder is listed, before any epoch is
+laid out (`image_files.py`); a class folder that is a link to another one
+already listed is left out the same way. An image over the pixel cap, or a
+JPEG cut short inside, is found when decoded and skipped then.
 """
 
 import concurrent.futures
@@ -20,35 +24,11 @@ import pathlib
 
 import numpy as np
 
-from alexnet_jax.data import decode, loader
+from alexnet_jax.data import decode, image_files, image_source
 from alexnet_jax.errors import DataError
 
 PREFIX = 'image_folder:'
-SUFFIXES = ('.jpeg', '.jpg', '.png', '.gif', '.bmp')
 _SPLIT_FOLDERS = {'validation': ('validation', 'val'), 'test': ('test',), 'train': ('train',)}
-_TAIL_BYTES = 1024   # where a complete JPEG's end marker or a PNG's IEND chunk must be
-
-
-def why_unreadable(path) -> str | None:
-  """Why the file cannot be a whole image (empty, truncated, another format), or None."""
-  try:
-    with open(path, 'rb') as f:
-      head = f.read(8)
-      f.seek(0, 2)
-      size = f.tell()
-      f.seek(max(0, size - _TAIL_BYTES))
-      tail = f.read()
-  except OSError as e:
-    return f'cannot be read ({e.strerror})'
-  if size < 16:
-    return f'{size} bytes long'
-  if head.startswith(b'\xff\xd8'):
-    return None if b'\xff\xd9' in tail else 'a JPEG without its end marker (truncated)'
-  if head.startswith(b'\x89PNG\r\n\x1a\n'):
-    return None if b'IEND' in tail else 'a PNG without its IEND chunk (truncated)'
-  if head.startswith((b'GIF87a', b'GIF89a', b'BM')):
-    return None
-  return 'not a JPEG, PNG, GIF or BMP file'
 
 
 def _split_folder(root: pathlib.Path, split: str) -> pathlib.Path:
@@ -82,15 +62,22 @@ def _class_indices(train_folder: pathlib.Path, imagenet_wnids: bool) -> tuple[di
   return {name: wnids.index(name) for name in classes}, list(wnids)
 
 
-def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np.ndarray]:
+def list_images(folder: pathlib.Path, class_index: dict,
+                limits: image_files.Limits = image_files.Limits()) -> tuple[np.ndarray, np.ndarray]:
   """(paths, labels) of the readable images of one split, in sorted order."""
-  candidates = []
+  candidates, seen = [], {}
   for class_dir in sorted(p for p in folder.iterdir() if p.is_dir()):
     if class_dir.name not in class_index:
       raise DataError(f'{class_dir} is a class the train split does not have: add it to the '
                       'train split or remove it.')
+    identity = (class_dir.stat().st_dev, class_dir.stat().st_ino)
+    if identity in seen:   # its images would be listed twice, under two labels
+      logging.warning('Skipping %s: a link to %s, whose images are listed already.', class_dir,
+                      seen[identity])
+      continue
+    seen[identity] = class_dir
     candidates += [(str(p), class_index[class_dir.name]) for p in sorted(class_dir.iterdir())
-                   if p.suffix.lower() in SUFFIXES]
+                   if p.suffix.lower() in image_files.SUFFIXES]
   present = {label for _, label in candidates}
   empty = sorted(name for name, label in class_index.items() if label not in present)
   if empty:
@@ -98,7 +85,8 @@ def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np
                     'trained on without them.', folder, len(empty), len(class_index),
                     ', '.join(empty[:5]), ', ...' if len(empty) > 5 else '')
   with concurrent.futures.ThreadPoolExecutor(16) as pool:
-    reasons = list(pool.map(why_unreadable, [path for path, _ in candidates]))
+    reasons = list(pool.map(lambda path: image_files.why_unreadable(path, limits),
+                            [path for path, _ in candidates]))
   kept = [c for c, reason in zip(candidates, reasons) if reason is None]
   for (path, _), reason in zip(candidates, reasons):
     if reason is not None:
@@ -107,7 +95,7 @@ def list_images(folder: pathlib.Path, class_index: dict) -> tuple[np.ndarray, np
     logging.warning('%s: %d of %d images skipped as unreadable (listed above).', folder,
                     len(candidates) - len(kept), len(candidates))
   if not kept:
-    raise DataError(f'{folder} holds no readable images ({", ".join(SUFFIXES)}).')
+    raise DataError(f'{folder} holds no readable images ({", ".join(image_files.SUFFIXES)}).')
   paths, labels = zip(*kept)
   return np.asarray(paths), np.asarray(labels, np.int32)
 
@@ -120,18 +108,20 @@ class Folder:
   splits: dict   # {split name: (paths, labels)}
 
 
-def open_folder(root, split_names, imagenet_wnid_labels: bool = False) -> Folder:
+def open_folder(root, split_names, imagenet_wnid_labels: bool = False,
+                limits: image_files.Limits = image_files.Limits()) -> Folder:
   """Lists `split_names` (the first one is the train split, which names the classes)."""
   root = pathlib.Path(root).expanduser()
   if not root.is_dir():
     raise DataError(f'{PREFIX}{root}: {root} is not a folder.')
   train_folder = _split_folder(root, split_names[0])
   class_index, class_names = _class_indices(train_folder, imagenet_wnid_labels)
-  splits = {name: list_images(_split_folder(root, name), class_index) for name in split_names}
+  splits = {name: list_images(_split_folder(root, name), class_index, limits)
+            for name in split_names}
   return Folder(root, tuple(class_names), splits)
 
 
-class FolderSplit(loader.ImageSource):
+class FolderSplit(image_source.ImageSource):
   """One split of a folder: its images by index, each file decoded and resized as it is read.
 
   A file that passed the listing's checks but still fails to decode is logged
@@ -139,8 +129,8 @@ class FolderSplit(loader.ImageSource):
   keep their size; a prepared store leaves such files out instead.
   """
 
-  def __init__(self, paths, labels, size: int):
-    self._paths, self._labels, self.image_size = paths, labels, size
+  def __init__(self, paths, labels, size: int, limits: image_files.Limits = image_files.Limits()):
+    self._paths, self._labels, self.image_size, self._limits = paths, labels, size, limits
 
   def __len__(self):
     return len(self._paths)
@@ -149,7 +139,8 @@ class FolderSplit(loader.ImageSource):
     for offset in range(len(self._paths)):
       i = (index + offset) % len(self._paths)
       try:
-        out[...] = decode.square(pathlib.Path(self._paths[i]).read_bytes(), self.image_size)
+        out[...] = decode.square(image_files.read(self._paths[i], self._limits), self.image_size,
+                                 self._limits.max_pixels)
       except (OSError, decode.UndecodableImage) as e:
         logging.warning('Skipping %s: %s; the next image is read in its place.',
                         self._paths[i], e)

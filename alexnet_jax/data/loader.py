@@ -25,10 +25,10 @@ carry the stored JPEG's bytes instead of pixels: the host only reads them.
 
 Batches are `host_batch.HostBatch`es. Given `put` (host batch -> device batch,
 `to_devices.py`), a background thread calls it on each batch two steps ahead,
-so the training thread only dispatches steps.
+so the training thread only dispatches steps; a `put` with K lanes puts K
+batches at once (`put.stream`, `in_flight.py`).
 """
 
-import abc
 import contextlib
 import dataclasses
 import functools
@@ -41,12 +41,12 @@ import time
 from typing import Callable, Iterator
 
 import grain
-import numpy as np
 from absl import flags
 
 from alexnet_jax.data import shared_batches
 from alexnet_jax.data.batch_reader import BatchReader
 from alexnet_jax.data.host_batch import HostBatch
+from alexnet_jax.data.image_source import Split
 from alexnet_jax.errors import DataError
 
 # Batches on the devices ahead of the step (with `put`).
@@ -55,42 +55,6 @@ _STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 # Slots a pool lends at once: the batch being copied to the devices, and a few the consumer
 # keeps meanwhile; a consumer that keeps more gets copies.
 _LENDABLE = 4
-
-
-class ImageSource(abc.ABC):
-  """A split's square uint8 images by index, each decoded into an array it is given."""
-  image_size: int
-  stores_jpegs = False   # whether `jpeg` gives every image's stored JPEG
-
-  @abc.abstractmethod
-  def __len__(self) -> int:
-    ...
-
-  @abc.abstractmethod
-  def read_into(self, index: int, out: np.ndarray) -> int:
-    """Writes image `index` into `out` (uint8 [S, S, 3]) and returns its label."""
-
-  def jpeg(self, index: int) -> tuple[int, memoryview] | None:
-    """(label, the stored JPEG of image `index`, already `image_size` square) where the source
-    keeps one, for a device to decode; None where only the host can decode it."""
-    del index
-    return None
-
-  def __getitem__(self, index: int) -> dict:
-    image = np.empty((self.image_size, self.image_size, 3), np.uint8)
-    return {'image': image, 'label': np.int32(self.read_into(int(index), image))}
-
-
-@dataclasses.dataclass(frozen=True)
-class Split:
-  """An image source and the slice [start, stop) of it that is the split."""
-  source: ImageSource
-  start: int
-  stop: int
-
-  @property
-  def examples(self) -> int:
-    return self.stop - self.start
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,8 +149,9 @@ def _iterate(batches: BatchReader, numbers: grain.MapDataset, reading: Reading,
   # Never waiting on each other: while the trainer waits for batch b, its decoders hold b's
   # slot and at most `threads` newer ones (grain's prefetch keeps threads + 1 batches under
   # way), and the trainer at most `_LENDABLE` older ones.
-  slots = dict(layout=batches.layout, slots=reading.threads + 1 + _LENDABLE,
-               lendable=_LENDABLE)
+  # Each batch put at once past the first holds one more slot (`in_flight.py`).
+  lendable = _LENDABLE + getattr(put, 'in_flight', 1) - 1
+  slots = dict(layout=batches.layout, slots=reading.threads + 1 + lendable, lendable=lendable)
   if reading.workers == 0:
     pools = [shared_batches.LocalSlots(**slots)]
     batches.local = pools[0]
@@ -200,10 +165,16 @@ def _iterate(batches: BatchReader, numbers: grain.MapDataset, reading: Reading,
         grain.MultiprocessingOptions(num_workers=reading.workers),
         worker_init_fn=functools.partial(_start_worker, os.getpid(), [r.handle for r in pools]))
   dataset = dataset.map(functools.partial(_lend, pools, on_skip))
-  if put is not None:
-    dataset = grain.experimental.ThreadPrefetchIterDataset(
-        dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH)
-  return _closing(iter(dataset), pools, hold_signals=reading.workers > 0)
+
+  def start():
+    if put is None:
+      return iter(dataset)
+    if getattr(put, 'in_flight', 1) > 1:
+      return put.stream(iter(dataset))
+    return iter(grain.experimental.ThreadPrefetchIterDataset(
+        dataset.map(put), prefetch_buffer_size=DEVICE_PREFETCH))
+
+  return _closing(start, pools, hold_signals=reading.workers > 0)
 
 
 def _lend(pools, on_skip, handle: dict) -> HostBatch:
@@ -218,12 +189,17 @@ def _lend(pools, on_skip, handle: dict) -> HostBatch:
   return HostBatch.from_arrays(pools[handle['ring']].lend(handle['slot']))
 
 
-def _closing(iterator, pools, hold_signals: bool) -> Iterator:
+def _closing(start, pools, hold_signals: bool) -> Iterator:
+  """The batches of the iterator start() makes, once the first is asked for; closing it
+  closes the pools, then the iterator."""
+  iterator = None
   try:
-    # The first batch starts grain's threads, and they the decoding processes: started with
-    # SIGINT and SIGTERM held, those inherit them held, and the trainer alone answers a Ctrl-C
-    # or a preemption (its handler runs once the first batch is here).
+    # The first batch starts grain's threads (and those of `put.stream`), and they the
+    # decoding processes: started with SIGINT and SIGTERM held, those inherit them held, and
+    # the trainer alone answers a Ctrl-C or a preemption (its handler runs once the first
+    # batch is here).
     with _signals_held(hold_signals):
+      iterator = start()
       first = next(iterator, None)
     if first is None:
       return
@@ -234,7 +210,8 @@ def _closing(iterator, pools, hold_signals: bool) -> Iterator:
     # A decoder waiting for a free slot wakes to the end of its pool, and stops.
     for pool in pools:
       pool.close()
-    iterator.close()   # ends the worker processes now rather than at garbage collection
+    if iterator is not None:
+      iterator.close()   # ends the worker processes now rather than at garbage collection
 
 
 @contextlib.contextmanager

@@ -25,7 +25,7 @@ import sys
 
 from etils import epath
 
-from alexnet_jax.data import decode, image_folder, loader, splits, store
+from alexnet_jax.data import decode, image_files, image_folder, loader, splits, store
 from alexnet_jax.errors import DataError
 
 _counter = None   # images done, shared by the worker processes
@@ -38,6 +38,7 @@ class Options:
   quality: int = 90
   images_per_shard: int = 1024
   workers: int = -1          # processes; -1: one per core, 0: this process alone
+  limits: image_files.Limits = image_files.Limits()   # of a folder's files
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,13 +46,14 @@ class FolderReader:
   """Listed files of a folder split: (encoded bytes, label, path) of each."""
   paths: tuple
   labels: tuple
+  limits: image_files.Limits
 
   def read(self):
     for path, label in zip(self.paths, self.labels):
       try:
-        encoded = pathlib.Path(path).read_bytes()
+        encoded = image_files.read(path, self.limits)
       except OSError as e:
-        yield None, label, f'{path} ({e.strerror})'
+        yield None, label, f'{path} ({e.strerror or e})'
         continue
       yield encoded, label, path
 
@@ -113,7 +115,7 @@ def write_shard(shard: Shard, options: Options) -> dict:
       try:
         if encoded is None:
           raise decode.UndecodableImage('cannot be read')
-        image = decode.square(bytes(encoded), options.size)
+        image = decode.square(bytes(encoded), options.size, options.limits.max_pixels)
       except decode.UndecodableImage as e:
         skipped.append(f'{name}: {e}')
         continue
@@ -140,15 +142,16 @@ def _init_worker(counter):
   _counter = counter
 
 
-def _open_source(source: str, split_names, *, manual_dir, tfds_data_dir, imagenet_wnid_labels):
+def _open_source(source: str, split_names, limits, *, manual_dir, tfds_data_dir,
+                 imagenet_wnid_labels):
   """(classes, {split: (examples, reader_of(start, stop))}) of the source."""
   if source.startswith(image_folder.PREFIX):
     folder = image_folder.open_folder(source[len(image_folder.PREFIX):], split_names,
-                                      imagenet_wnid_labels)
+                                      imagenet_wnid_labels, limits)
 
     def folder_reader(paths, labels):
       return lambda start, stop: FolderReader(tuple(paths[start:stop]),
-                                              tuple(int(x) for x in labels[start:stop]))
+                                              tuple(int(x) for x in labels[start:stop]), limits)
 
     return folder.classes, {name: (len(paths), folder_reader(paths, labels))
                             for name, (paths, labels) in folder.splits.items()}
@@ -220,8 +223,8 @@ def prepare(source: str, out: str, options: Options, split_names=('train', 'vali
     existing = store.open_store(out_path)
     logging.info('%s is already a complete store (of %s); nothing to do.', out, existing.source)
     return existing
-  classes, readers = _open_source(source, list(split_names), manual_dir=manual_dir,
-                                  tfds_data_dir=tfds_data_dir,
+  classes, readers = _open_source(source, list(split_names), options.limits,
+                                  manual_dir=manual_dir, tfds_data_dir=tfds_data_dir,
                                   imagenet_wnid_labels=imagenet_wnid_labels)
   out_path.mkdir(parents=True, exist_ok=True)
   shards = []

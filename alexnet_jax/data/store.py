@@ -31,7 +31,7 @@ import numpy as np
 import simplejpeg
 from etils import epath
 
-from alexnet_jax.data import loader
+from alexnet_jax.data import image_source
 from alexnet_jax.errors import DamagedRecordError, DataError
 
 METADATA = 'metadata.json'
@@ -167,7 +167,7 @@ def _shard_count(path: epath.Path) -> tuple[int, str | None]:
   return count, None
 
 
-class StoreSplit(loader.ImageSource):
+class StoreSplit(image_source.ImageSource):
   """One split of a store: its images by index. A record that cannot be read or decoded
   raises DamagedRecordError, which names its shard and its place in it."""
 

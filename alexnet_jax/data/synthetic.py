@@ -10,7 +10,7 @@ runs of different seeds train and evaluate on the same images.
 
 import numpy as np
 
-from alexnet_jax.data import loader
+from alexnet_jax.data import image_source
 
 TRAIN, EVAL = 0, 1
 
@@ -40,7 +40,7 @@ def make_images(rng: np.random.Generator, labels: np.ndarray, size: int,
   return np.clip(np.round(images), 0, 255).astype(np.uint8)
 
 
-class SyntheticSplit(loader.ImageSource):
+class SyntheticSplit(image_source.ImageSource):
   """`examples` generated images, by index.
 
   Example i is of class i mod `num_classes`. Images are made a block of

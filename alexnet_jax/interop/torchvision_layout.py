@@ -41,16 +41,16 @@ def _torch_shape(kernel_shape: tuple) -> tuple:
   return tuple(reversed(kernel_shape))
 
 
-def from_torchvision(state_dict: dict, source: str) -> tuple[dict, float, int]:
-  """(owt params, width, number of classes) of torchvision's AlexNet state dict.
+def check_shapes(shapes: dict, source: str) -> tuple[float, int]:
+  """(width, number of classes) of a state dict of torchvision's AlexNet, from its tensors'
+  shapes alone ({name: shape}), so that a file is refused before its tensors are read.
 
   The width is conv1's channels over 64 (1.0 for torchvision's own file), the classes
   fc8's outputs. Raises LayoutError naming the keys or shapes that are not an `owt`'s.
   """
-  if state_dict and all(k.startswith('module.') for k in state_dict):   # nn.DataParallel's
-    state_dict = {k[len('module.'):]: v for k, v in state_dict.items()}
+  shapes = _without_data_parallel_prefix(shapes)
   expected = {f'{t}.{kind}' for t in LAYERS.values() for kind in ('weight', 'bias')}
-  missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+  missing, unexpected = sorted(expected - set(shapes)), sorted(set(shapes) - expected)
   if missing or unexpected:
     found = [f'lacks {_listed(missing)}'] if missing else []
     found += [f'has {_listed(unexpected)}, which it does not'] if unexpected else []
@@ -58,23 +58,41 @@ def from_torchvision(state_dict: dict, source: str) -> tuple[dict, float, int]:
         f"{source} is not a state dict of torchvision's AlexNet: it {' and '.join(found)} "
         f"(torchvision's AlexNet has exactly {', '.join(LAYERS.values())}, each with .weight "
         'and .bias). Import the state dict of torchvision.models.alexnet().')
-  conv1 = state_dict['features.0.weight'].shape[0]
-  width = conv1 / _CONV1_FEATURES
-  num_classes = state_dict['classifier.6.weight'].shape[0]
-  shapes = param_shapes(width, num_classes)
+  conv1, fc8 = tuple(shapes['features.0.weight']), tuple(shapes['classifier.6.weight'])
+  if len(conv1) != 4 or len(fc8) != 2 or not conv1[0] or not fc8[0]:
+    raise LayoutError(f"{source} has torchvision's AlexNet's keys but a features.0.weight of "
+                      f'{conv1} and a classifier.6.weight of {fc8}, where a convolution\'s '
+                      'weight is (out, in, h, w) and a linear one (out, in). Import the state '
+                      'dict of torchvision.models.alexnet().')
+  width, num_classes = conv1[0] / _CONV1_FEATURES, fc8[0]
+  ours = param_shapes(width, num_classes)
   differences = []
   for layer, torch_name in LAYERS.items():
-    for kind, ours in (('weight', 'kernel'), ('bias', 'bias')):
-      want = _torch_shape(shapes[layer][ours])
-      have = tuple(state_dict[f'{torch_name}.{kind}'].shape)
+    for kind, our_kind in (('weight', 'kernel'), ('bias', 'bias')):
+      want = _torch_shape(ours[layer][our_kind])
+      have = tuple(shapes[f'{torch_name}.{kind}'])
       if want != have:
         differences.append(f'{torch_name}.{kind}: {have} in the file, {want} expected')
   if differences:
     raise LayoutError(
         f"{source} has torchvision's AlexNet's keys but not its shapes: for an AlexNet of "
-        f'{conv1} conv1 channels (width {width:g}) and {num_classes} classes, '
+        f'{conv1[0]} conv1 channels (width {width:g}) and {num_classes} classes, '
         f'{"; ".join(differences[:4])}{" ..." if len(differences) > 4 else ""}. Import the '
         'state dict of torchvision.models.alexnet().')
+  return width, num_classes
+
+
+def _without_data_parallel_prefix(state_dict: dict) -> dict:
+  if state_dict and all(k.startswith('module.') for k in state_dict):   # nn.DataParallel's
+    return {k[len('module.'):]: v for k, v in state_dict.items()}
+  return state_dict
+
+
+def from_torchvision(state_dict: dict, source: str) -> tuple[dict, float, int]:
+  """(owt params, width, number of classes) of torchvision's AlexNet state dict; raises
+  LayoutError as `check_shapes` does."""
+  state_dict = _without_data_parallel_prefix(state_dict)
+  width, num_classes = check_shapes({k: v.shape for k, v in state_dict.items()}, source)
   params = {}
   for layer, torch_name in LAYERS.items():
     weight = np.asarray(state_dict[f'{torch_name}.weight'], np.float32)

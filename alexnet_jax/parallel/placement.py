@@ -26,7 +26,6 @@ from alexnet_jax import models
 
 BATCH_AXIS = 'batch'
 MODEL_AXIS = 'model'
-_ALL_LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')
 
 
 def make_mesh(devices=None, model_axis_size: int = 1) -> Mesh:
@@ -46,7 +45,7 @@ def split_layers(variant: str, model_axis_size: int) -> frozenset[str]:
   if model_axis_size == 1:
     return frozenset()
   if models.VARIANTS[variant].towers > 1:
-    return frozenset(_ALL_LAYERS)
+    return frozenset(models.LAYERS)
   return frozenset(('fc6', 'fc7', 'fc8'))
 
 

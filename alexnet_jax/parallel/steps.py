@@ -21,9 +21,9 @@ import optax
 from jax import lax
 from jax.sharding import Mesh, PartitionSpec as P
 
-from alexnet_jax.parallel import placement
 from alexnet_jax import models
 from alexnet_jax.data import augment
+from alexnet_jax.parallel import placement
 from alexnet_jax.parallel.placement import BATCH_AXIS, MODEL_AXIS
 
 

@@ -24,14 +24,23 @@ import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
 
-from alexnet_jax.workdir import failed_writes, orbax_logs, storage
 from alexnet_jax.errors import CheckpointError, ConfigError, StorageError
+from alexnet_jax.workdir import failed_writes, orbax_logs, storage
 
 # How tensorstore reports data that is not there or not whole (absl status codes), and
 # how Orbax reports a missing item.
 _DAMAGE_CODES = ('NOT_FOUND:', 'DATA_LOSS:', 'OUT_OF_RANGE:')
 _MISSING_ITEM = 'was not found in the checkpoint'
 OK, DAMAGED, FAILED = 0, 1, 2
+
+
+def folder(workdir: str):
+  """Where a workdir keeps its checkpoints (an epath.Path)."""
+  return storage.workdir_path(workdir) / 'checkpoints'
+
+
+# Where runs of earlier versions kept a copy of their best checkpoint; read, never written.
+LEGACY_BEST_FOLDER = 'best'
 
 
 def checkpoint_bytes(state) -> int:

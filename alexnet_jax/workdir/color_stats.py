@@ -16,9 +16,9 @@ import numpy as np
 from absl import logging
 from etils import epath
 
-from alexnet_jax.workdir import storage
 from alexnet_jax.data import augment
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.workdir import storage
 
 FILENAME = 'color_stats.json'
 MEAN_IMAGE = 'mean_image.npy'

@@ -12,19 +12,19 @@ import logging
 import jax
 import numpy as np
 
-from alexnet_jax.workdir import model_record, storage, trained
+from alexnet_jax import models
 from alexnet_jax.errors import ConfigError
+from alexnet_jax.workdir import model_record, storage, trained
 
-LAYERS = ('conv1', 'conv2', 'conv3', 'conv4', 'conv5', 'fc6', 'fc7', 'fc8')   # both variants'
 
 
 def reinit_layers(config) -> list[str]:
   """The layers `config.reinit_layers` names; ConfigError for a name that is no layer."""
   names = [name.strip() for name in config.reinit_layers.split(',') if name.strip()]
-  unknown = [name for name in names if name not in LAYERS]
+  unknown = [name for name in names if name not in models.LAYERS]
   if unknown:
     raise ConfigError(f'--config.reinit_layers={config.reinit_layers}: {", ".join(unknown)} '
-                      f'is no layer of AlexNet; name some of {", ".join(LAYERS)}.')
+                      f'is no layer of AlexNet; name some of {", ".join(models.LAYERS)}.')
   return names
 
 

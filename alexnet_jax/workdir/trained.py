@@ -5,12 +5,8 @@ only read, never changed."""
 import jax
 import numpy as np
 
-from alexnet_jax.workdir import checkpointing, storage
 from alexnet_jax.errors import CheckpointError, ConfigError
-
-# Where runs of earlier versions kept their best checkpoint, a copy of it.
-_LEGACY_BEST = 'best'
-
+from alexnet_jax.workdir import checkpointing, storage
 
 def restore_params(workdir: str, which: str, state):
   """(params, step) of checkpoint `which` ('latest', 'best' or a step) of a trained workdir,
@@ -42,7 +38,7 @@ def restore_saved_params(workdir: str, which: str) -> tuple[dict, int]:
 def best_step(workdir: str) -> int | None:
   """The step of the lowest validation error a workdir's newest checkpoint records and keeps;
   None where it records none (a run that has not evaluated, or keeps no best checkpoint)."""
-  directory = storage.workdir_path(workdir) / 'checkpoints'
+  directory = checkpointing.folder(workdir)
   if not directory.is_dir():
     return None
   checkpoints = checkpointing.Checkpoints(str(directory), read_only=True)
@@ -62,11 +58,11 @@ def _open_chosen(workdir: str, which: str):
     raise ConfigError(f"--checkpoint={which}: use 'latest', 'best' or a step number.")
   root = storage.workdir_path(workdir)
   step = int(which) if which.isdigit() else None
-  directory = root / 'checkpoints'
+  directory = checkpointing.folder(workdir)
   if which == 'best':
     step = best_step(workdir)
-    if step is None and (root / _LEGACY_BEST).is_dir():   # a run of an earlier version
-      directory = root / _LEGACY_BEST
+    if step is None and (root / checkpointing.LEGACY_BEST_FOLDER).is_dir():   # a run of an earlier version
+      directory = root / checkpointing.LEGACY_BEST_FOLDER
     elif step is None:
       raise ConfigError(f'{workdir} keeps no best checkpoint (no evaluation yet, or trained '
                         'with --config.keep_best_checkpoint=false): use --checkpoint=latest.')
