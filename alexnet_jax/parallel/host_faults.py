@@ -12,9 +12,8 @@ A host that fails alone would leave the others waiting in a step it never joins.
   line (`stop_job`); on every other host a thread (`watch`) prints it and ends the process,
   unless that host's own run ends first.
 
-A job that ends in error ends without JAX's shutdown barrier, which waits for every host and
-aborts, stacks and all, when one never comes: each host leaves at once, and host 0, whose
-coordination service the others need until they go, leaves last.
+JAX's shutdown barrier waits for every host and aborts, stacks and all, when one never comes:
+here every host comes within seconds, and leaves through it at once.
 """
 
 import atexit
@@ -24,7 +23,6 @@ import logging
 import os
 import sys
 import threading
-import time
 from typing import NoReturn
 
 import jax
@@ -40,14 +38,11 @@ _BARRIER_MS = 24 * 3600 * 1000
 # How long a host's own run may take to end by itself once another host posted its fault (a
 # fault every host meets, such as a config error, is best told by each host itself).
 _GRACE_S = 2.0
-# How long host 0 waits for the others to leave before its coordination service goes with it
-# (they leave as soon as they have said why; only a host already gone makes it wait this long).
-_LEAVE_WAIT_S = 30.0
 _WATCH_MS = 60_000
 _ENDED = ''   # what a host's own stop key holds once its run has ended
 
-_leaving = threading.Event()   # this process is reporting its own end
-_ending = threading.Lock()     # held by the one thread that prints the last line and exits
+_leaving = threading.Event()   # this process's loop is reporting its own end
+_ending = threading.Lock()     # held by the one thread that says the last line and exits
 
 
 def several_hosts() -> bool:
@@ -173,8 +168,8 @@ def _watch() -> None:
     except jax.errors.JaxRuntimeError as e:
       if 'DEADLINE_EXCEEDED' not in str(e):
         return   # the client is shutting down: this process is ending
-  if value == _ENDED or _leaving.wait(_GRACE_S):
-    return
+  if value == _ENDED or _leaving.wait(_GRACE_S) or not _ending.acquire(blocking=False):
+    return   # this host's run ended, or is ending, by itself
   _end(_posted() or value, 1)
 
 
@@ -209,6 +204,8 @@ def stop_job(error: BaseException) -> NoReturn:
   """Ends this process of a multi-host job for `error`, with one line naming the failing host
   and its message: a fault of this host's own is posted for the others first."""
   _leaving.set()
+  if not _ending.acquire(blocking=False):   # the watch thread is ending this process
+    threading.Event().wait()
   me, count = jax.process_index(), jax.process_count()
   host = failing_host(error)
   if host is None and not isinstance(error, errors.UserFacingError):
@@ -230,31 +227,29 @@ def stop_job(error: BaseException) -> NoReturn:
 
 
 def _end(line: str, code: int, lost: bool = False) -> NoReturn:
-  """Prints `line` as this process's last and leaves, once, whichever thread comes first;
-  `lost`: a host is gone, and none waits for the others."""
-  with _ending:
-    logging.error('%s', line)
-    print(f'error: {line}', file=sys.stderr, flush=True)
-    for handler in logging.getLogger().handlers:
-      handler.flush()
-    sys.stdout.flush()
-    if lost:
-      os._exit(code)
-    _leave(code)
+  """Prints `line` as this process's last and leaves (the caller holds `_ending`); `lost`: a
+  host is gone, and none waits for the others."""
+  logging.error('%s', line)
+  print(f'error: {line}', file=sys.stderr, flush=True)
+  for handler in logging.getLogger().handlers:
+    handler.flush()
+  sys.stdout.flush()
+  if lost:
+    os._exit(code)
+  _leave(code)
 
 
 def _leave(code: int) -> NoReturn:
-  """Exits without JAX's shutdown barrier; host 0 last, so that no host outlives the
-  coordination service it polls (which would abort it)."""
-  client, me = _client(), jax.process_index()
-  deadline = time.monotonic() + _LEAVE_WAIT_S
+  """Exits through JAX's shutdown barrier, which every host reaches within seconds here (each
+  has a line to say, from its loop or its watch thread), and then at once: not after the
+  threads still waiting for other hosts, whose waits the shutdown cuts short. A host that left
+  without it would take the coordination service, or its place in it, away from the others,
+  and their clients would abort them."""
+  # What those threads, and this loop cut short, would say of it: the last line is said.
+  logging.disable(logging.CRITICAL)
+  sys.stderr = open(os.devnull, 'w', encoding='utf-8')  # pylint: disable=consider-using-with
   try:
-    if me != 0:
-      client.key_value_set(f'{_KEYS}/left/{me}', '')
-    else:
-      for other in range(1, jax.process_count()):
-        left_ms = max(1, int((deadline - time.monotonic()) * 1000))
-        client.blocking_key_value_get(f'{_KEYS}/left/{other}', left_ms)
+    jax.distributed.shutdown()
   except jax.errors.JaxRuntimeError:
-    pass   # a host already gone, or the service: leave all the same
+    pass   # the barrier failed: leave all the same
   os._exit(code)
