@@ -86,6 +86,28 @@ def test_a_record_one_host_cannot_read_stops_both_at_the_same_step_saved(pristin
 
 
 @pytest.mark.slow
+def test_a_validation_record_one_host_cannot_read_stops_both_with_the_step_saved(pristine,
+                                                                                 tmp_path):
+  batches = data.create(_config(pristine, 1), 8, process_index=1,
+                        process_count=2).eval_batches()
+  index = int(next(batches).index[0])   # read by host 1 alone, in the first evaluation batch
+  batches.close()
+  store = _copy(pristine, tmp_path)
+  shard, record = divmod(index, PER_SHARD)
+  _invert_record(store, f'validation-{shard:05d}-of-00002.array_record', record)
+  workdir = str(tmp_path / 'run')
+  evaluated = FIRST_CHECKPOINT + 1
+  outputs = _run_until_both_stop(workdir, settings={**SETTINGS, 'dataset': store,
+                                                    'eval_every_steps': evaluated})
+  line = _the_one_error_line(outputs)
+  assert line.startswith(f'host 1 of 2 stopped the job: The store {store} is damaged: record '
+                         f'{record} of its shard validation-{shard:05d}'), line
+  assert (f'Stopped at step {evaluated}, whose evaluation reads it; checkpoint '
+          f'{workdir}/checkpoints/{evaluated} saved.') in line
+  assert _steps_saved(workdir) == [str(FIRST_CHECKPOINT), str(evaluated)]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize('when', ['start', 'background'])
 def test_a_save_one_host_cannot_write_stops_both_with_the_newest_checkpoint(when, tmp_path,
                                                                             monkeypatch):
