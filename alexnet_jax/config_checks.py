@@ -1,5 +1,6 @@
 """Refuses a config the trainer cannot run, before any data is read or code compiled."""
 
+import math
 import uuid
 
 import jax
@@ -55,7 +56,18 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
   need(0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).')
   need(config.checkpoint_every_minutes >= 0,
        f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.')
-  need(config.learning_rate > 0, f'learning_rate={config.learning_rate} must be positive.')
+  # NaN passes every comparison, and a NaN or infinite rate, momentum or decay makes every
+  # parameter NaN at the first update, while that step's loss and gradient are still finite.
+  need(math.isfinite(config.learning_rate) and config.learning_rate > 0,
+       f'learning_rate={config.learning_rate} must be a positive finite number.')
+  for field in ('momentum', 'weight_decay'):
+    need(math.isfinite(config[field]) and config[field] >= 0,
+         f'{field}={config[field]} must be a finite number, 0 or more.')
+  need(all(math.isfinite(s) and s > 0 for s in config.std_rgb),
+       f'std_rgb={tuple(config.std_rgb)}: every channel\'s std divides its pixels, so each must '
+       'be a positive finite number ((1.0, 1.0, 1.0): raw pixels minus the mean).')
+  need(all(math.isfinite(m) for m in config.mean_rgb),
+       f'mean_rgb={tuple(config.mean_rgb)} must be finite numbers.')
   need(config.lr_schedule in optim.SCHEDULES,
        f'lr_schedule={config.lr_schedule!r} is unknown: choose one of {optim.SCHEDULES}.')
   if config.image_size > 0:

@@ -4,8 +4,9 @@ Read down: `train_and_evaluate` sets up a `_Run` (the data, the model, its
 state on the mesh, the checkpoints) and runs its loop. Each step trains on one
 batch (`steps.py` holds what a step computes); `_due_after` then says
 what else that step brings (a log, an evaluation, a save, a stop), and the
-loop does it. The loop's own state (`LoopState`) is saved in each checkpoint
-beside the train state, so a resumed run goes on as if it had never stopped.
+loop does it. The loop's own state (`saved_state.LoopState`) is saved in each
+checkpoint beside the train state, so a resumed run goes on as if it had never
+stopped.
 """
 
 import dataclasses
@@ -20,10 +21,11 @@ from flax.training import train_state
 
 from alexnet_jax import config_checks, data, errors, models, optim
 from alexnet_jax.data import decode_share, to_devices
-from alexnet_jax.loop import (evaluate, progress_line, stopping, summaries, timers,
-                              train_metrics)
+from alexnet_jax.loop import (evaluate, progress_line, saved_state, stopping, summaries,
+                              timers, train_metrics)
 from alexnet_jax.parallel import backend, host_faults, placement, steps
-from alexnet_jax.workdir import checkpointing, color_stats, init_from, model_record, storage
+from alexnet_jax.workdir import (checkpointing, color_stats, init_from, lock, model_record,
+                                 storage)
 
 
 def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
@@ -66,30 +68,6 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run.close()
 
 
-@dataclasses.dataclass
-class LoopState:
-  """What the loop keeps beside the train state: saved in every checkpoint, restored with it."""
-  plateau: optim.PlateauController   # sets the learning rate under the plateau rule
-  best_top1_error: float | None = None   # the lowest validation top-1 error so far ...
-  best_step: int | None = None           # ... and its step
-  pending_eval: bool = False   # saved before its step's evaluation ended: evaluate it first
-  decode_host_rows: int | None = None   # of each device's rows, the host's (decode_share.py)
-
-  def saved(self) -> dict:
-    return {'plateau': self.plateau.state_dict(), 'best_top1_error': self.best_top1_error,
-            'best_step': self.best_step, 'pending_eval': self.pending_eval,
-            'decode_host_rows': self.decode_host_rows}
-
-  def load(self, saved: dict) -> None:
-    """Takes the state `saved` returned (checkpoints of earlier versions lack its later
-    keys)."""
-    self.plateau.load_state_dict(saved['plateau'])
-    self.best_top1_error = saved.get('best_top1_error')
-    self.best_step = saved.get('best_step')
-    self.pending_eval = saved.get('pending_eval', False)
-    self.decode_host_rows = saved.get('decode_host_rows')
-
-
 @dataclasses.dataclass(frozen=True)
 class Due:
   """What a step brings once it has trained."""
@@ -119,7 +97,16 @@ class _Run:
     self.config = config
     config_checks.check(config, jax.device_count(), jax.local_device_count())
     mesh = placement.make_mesh(model_axis_size=config.model_axis_size)
-    config_checks.check_workdir(workdir)
+    self.lock = lock.hold(workdir)
+    try:
+      self._set_up(config, workdir, mesh)
+    except BaseException:
+      self.lock.release()
+      raise
+
+  def _set_up(self, config, workdir: str, mesh) -> None:
+    """Everything that may refuse the run, then `_start_writing`: a refused run leaves the
+    workdir as it found it."""
     config_checks.check_workdir_shared(workdir)
     init_from.check(config)
     aug = color_stats.augmentation(config, workdir)
@@ -131,8 +118,6 @@ class _Run:
     self.eval_every = _steps(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
     config_checks.check_classes(config, dataset.num_classes)
     backend.check_backend(dataset.train_examples, config.allow_cpu)
-    if jax.process_index() == 0:   # what the workdir holds, for the commands that read it
-      model_record.write(workdir, config, dataset.class_names)
     logging.info('Training on %s; a mesh of %s; %d train examples, %d steps per epoch, %d '
                  'steps; %d validation examples.', backend.describe(), dict(mesh.shape),
                  dataset.train_examples, steps_per_epoch, self.num_steps,
@@ -141,8 +126,23 @@ class _Run:
     model = create_model(config, dataset.num_classes)
     self.rate_schedule = optim.schedule(config.lr_schedule, config.learning_rate,
                                         self.num_steps)
-    self.loop_state = LoopState(optim.PlateauController(config.learning_rate, **config.plateau))
+    self.loop_state = saved_state.LoopState(
+        optim.PlateauController(config.learning_rate, **config.plateau),
+        global_batch_size=config.global_batch_size)
     self._restore(workdir, create_train_state(config, model, mesh, self.rate_schedule))
+    self.train_step = steps.make_train_step(model, aug, config.seed, mesh)
+    self.eval_step = steps.make_eval_step(model, aug, mesh, config.eval_ten_crop)
+    self.put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh),
+                                     dataset.jpeg_store)
+    self.loop_state.decode_host_rows = decode_share.settle(
+        self.put, dataset, self.start_step, self.loop_state.decode_host_rows)
+    self._start_writing(workdir)
+
+  def _start_writing(self, workdir: str) -> None:
+    """The run goes on: its record, its summaries, its batches."""
+    config, dataset = self.config, self.dataset
+    if jax.process_index() == 0:   # what the workdir holds, for the commands that read it
+      model_record.write(workdir, config, dataset.class_names)
     self.writer = summaries.Summaries(workdir, write_events=jax.process_index() == 0)
     if self.start_step == 0:
       parameter_overview.log_parameter_overview(self.state.params)
@@ -150,17 +150,10 @@ class _Run:
     logging.info('%s AlexNet, %s parameters, computing in %s; training from step %d to %d.',
                  config.model, f'{models.count_params(self.state.params):,}',
                  backend.compute_dtype(config.dtype), self.start_step, self.num_steps)
-
-    self.train_step = steps.make_train_step(model, aug, config.seed, mesh)
-    self.eval_step = steps.make_eval_step(model, aug, mesh, config.eval_ten_crop)
     self.profile = timers.ProfileTrace(workdir, self.start_step + config.profile_first_step,
-                            config.profile_steps)
-    self.put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh),
-                                     dataset.jpeg_store)
-    self.loop_state.decode_host_rows = decode_share.settle(
-        self.put, dataset, self.start_step, self.loop_state.decode_host_rows)
+                                       config.profile_steps)
     self.metrics_log = train_metrics.MetricsLog(
-        self.writer, steps_per_epoch,
+        self.writer, dataset.steps_per_epoch,
         progress_line.Progress(self.start_step, self.num_steps, config.global_batch_size))
     self.batches = dataset.train_batches(self.start_step, put=self.put,
                                          split=self.put.decode_split,
@@ -184,6 +177,11 @@ class _Run:
     if restored is not None:
       state, saved = restored
       loop_state.load(saved)
+      change = saved_state.batch_size_change(
+          int(jax.device_get(state.step)), saved.get('global_batch_size'),
+          config.global_batch_size, self.dataset.train_examples, self.num_steps)
+      if change:
+        logging.warning('%s', change)
     self.state = state
     self.start_step = int(jax.device_get(state.step))
     checkpointing.check_space(root, state, config.keep_checkpoints + 2)
@@ -321,3 +319,5 @@ class _Run:
       self.writer.close()
     except errors.StorageError as e:   # stopping anyway: say so, keep the first error
       logging.error('%s', e)
+    finally:
+      self.lock.release()   # the last save written: another run may take the workdir

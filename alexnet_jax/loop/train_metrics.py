@@ -43,13 +43,7 @@ class MetricsLog:
     host = jax.device_get([m for _, m in self._pending])
     for step, m in zip(steps, host):
       if not m['finite']:
-        latest = checkpoints.latest_step()
-        raise errors.DivergenceError(
-            f'Training diverged: the loss or a gradient is not finite at step {step} '
-            f'(loss {float(m["loss"])}, gradient norm {float(m["grad_norm"])}). Nothing after '
-            'it was saved; the last good checkpoint is '
-            f'{checkpoints.path(latest) if latest is not None else "none (no checkpoint yet)"}. '
-            'Lower --config.learning_rate, or train in float32, and run again.')
+        raise _diverged(step, float(m['loss']), float(m['grad_norm']), checkpoints)
     if not report:
       return
     step = steps[-1]
@@ -63,3 +57,18 @@ class MetricsLog:
     summary['epoch'] = step / self._steps_per_epoch
     self._writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
     self._pending = []
+
+
+def _diverged(step: int, loss: float, grad_norm: float, checkpoints) -> errors.DivergenceError:
+  """The run's end at `step`, the first step whose loss, gradient or update was not finite.
+  The step never keeps such a state (`parallel/steps.train_step`), so the newest checkpoint is
+  finite."""
+  what = ('the loss or a gradient is' if not (np.isfinite(loss) and np.isfinite(grad_norm))
+          else 'the update of the parameters or of the optimiser state is')
+  latest = checkpoints.latest_step()
+  return errors.DivergenceError(
+      f'Training diverged: {what} not finite at step {step} (loss {loss}, gradient norm '
+      f'{grad_norm}). Nothing after it was saved; the last good checkpoint is '
+      f'{checkpoints.path(latest) if latest is not None else "none (no checkpoint yet)"}. '
+      'Lower --config.learning_rate (or --config.weight_decay), or train in float32, and run '
+      'again.')

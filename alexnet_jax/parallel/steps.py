@@ -99,11 +99,14 @@ def train_step(state, batch, *, device: OnDevice, aug: augment.Augmentation, see
       'top5_error': 1.0 - top_k_correct(logits, labels, 5).mean(),
   }, BATCH_AXIS)
   metrics['grad_norm'] = global_norm(grads, param_specs)
-  # A non-finite loss or gradient leaves the state as it was; the loop sees
-  # `finite` and stops, so a diverged state is never saved.
-  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
-  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old),
-                           state.apply_gradients(grads=grads), state)
+  updated = state.apply_gradients(grads=grads)
+  # A non-finite loss, gradient or update leaves the state as it was; the loop sees
+  # `finite` and stops, so a diverged state is never saved. The update is checked too: a
+  # finite gradient times a huge rate or decay overflows the parameters of this step, and
+  # only the next step's loss would show it.
+  finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm']) &
+            all_finite((updated.params, updated.opt_state), device.model_axis_size))
+  new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   metrics['finite'] = finite
   return new_state, metrics
 
@@ -144,6 +147,17 @@ def count_correct(logits, labels, mask) -> dict:
       'top5_correct': jnp.sum(top_k_correct(logits, labels, 5) * mask),
       'count': jnp.sum(mask),
   }
+
+
+def all_finite(tree, model_axis_size: int):
+  """Whether every float of `tree` is finite, on every device of the `model` axis (which
+  hold different parts of a split layer)."""
+  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+            if jnp.issubdtype(x.dtype, jnp.inexact)]
+  finite = jnp.stack(checks).all()
+  if model_axis_size > 1:
+    finite = lax.pmin(finite.astype(jnp.int32), MODEL_AXIS) == 1
+  return finite
 
 
 def global_norm(grads, param_specs):

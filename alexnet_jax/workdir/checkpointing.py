@@ -6,11 +6,11 @@ each one to a temporary folder and renames it when complete, so an
 interrupted save never looks like a checkpoint.
 
 A checkpoint found damaged (files missing, truncated or failing their
-checksums) is renamed `<step>.unreadable`, with a warning, and the next older
-one is restored instead; every host must agree it is damaged before it is
-renamed. Any other failure to restore (a storage error that may pass, memory,
-a checkpoint of another optimiser after an upgrade) stops the run with the
-step and the cause, and renames nothing. A read-only restore never renames.
+checksums, or values that are not finite) is renamed `<step>.unreadable`,
+with a warning, and the next older one is restored instead; every host must
+agree it is damaged before it is renamed. Any other failure to restore (a
+storage error that may pass, memory, a checkpoint of another optimiser after
+an upgrade) stops the run with the step and the cause, and renames nothing. A read-only restore never renames.
 """
 
 import contextlib
@@ -19,6 +19,7 @@ import logging
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -60,9 +61,23 @@ def check_space(directory, state, checkpoints_needed: int) -> None:
         checkpoints_needed, size / 2**30, checkpoints_needed * size / 2**30)
 
 
+class NotFiniteError(ValueError):
+  """A checkpoint whose parameters or optimiser state are not all finite: written before the
+  step checked its updates, it is as useless as a damaged one."""
+
+
+def _check_finite(arrays) -> None:
+  """Raises NotFiniteError unless every float of `arrays` is finite (one reduction on the
+  devices that hold them)."""
+  floats = [x for x in jax.tree.leaves(arrays) if jnp.issubdtype(x.dtype, jnp.inexact)]
+  if not bool(jax.jit(lambda xs: jnp.stack([jnp.isfinite(x).all() for x in xs]).all())(floats)):
+    raise NotFiniteError('its parameters or optimiser state are not all finite')
+
+
 def is_damage(error: BaseException) -> bool:
-  """Whether `error` says the checkpoint's files are missing, truncated or corrupt."""
-  if isinstance(error, (FileNotFoundError, json.JSONDecodeError)):
+  """Whether `error` says the checkpoint's files are missing, truncated or corrupt, or its
+  values are not finite."""
+  if isinstance(error, (FileNotFoundError, json.JSONDecodeError, NotFiniteError)):
     return True
   message = str(error)
   if isinstance(error, ValueError):
@@ -104,7 +119,8 @@ class Checkpoints:
         directory,
         handler_registry=failed_writes.handler_registry(self._failed_write),
         options=ocp.CheckpointManagerOptions(
-            create=not read_only, read_only=read_only,
+            # The folder is made by the first save: a run refused at start-up leaves none.
+            create=False, read_only=read_only,
             preservation_policy=None if read_only else policy,
             enable_async_checkpointing=not read_only))
     self._last_saved = self._manager.latest_step()
@@ -203,6 +219,7 @@ class Checkpoints:
         _check_same_shapes(saved, target, self.path(step))
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), loop_state=ocp.args.JsonRestore()))
+        _check_finite(restored['state'])
       except ConfigError:
         raise
       except Exception as e:  # pylint: disable=broad-except  (sorted out just below)

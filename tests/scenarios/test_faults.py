@@ -291,7 +291,9 @@ def test_unwritable_workdir_is_refused(tmp_path):
 
 @pytest.mark.parametrize('field, value', [
     ('model', 'vgg'), ('global_batch_size', 3), ('image_size', 0), ('width', -1.0),
-    ('model_axis_size', 3), ('lr_schedule', 'step')])
+    ('model_axis_size', 3), ('lr_schedule', 'step'), ('momentum', float('nan')),
+    ('weight_decay', float('nan')), ('weight_decay', -5e-4), ('learning_rate', float('inf')),
+    ('std_rgb', (0.0, 0.0, 0.0))])
 def test_bad_fields_are_named(tmp_path, field, value):
   config = _config(2)
   config[field] = value

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from alexnet_jax import train
+from alexnet_jax.workdir import lock
 from tests.conftest import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -98,6 +99,21 @@ def test_a_workdir_each_host_has_its_own_of_is_refused(tmp_path):
     assert 'is not shared by all hosts: process 1 cannot see' in output, output[-3000:]
     assert 'Traceback' not in output
   assert not (tmp_path / 'host0' / 'checkpoints').exists()
+
+
+def test_a_workdir_another_run_holds_is_refused_on_every_host(tmp_path):
+  """Process 0 finds it locked; process 1, which takes no lock, stops with it."""
+  held = lock.hold(str(tmp_path))   # this process: the run that holds it
+  try:
+    processes = _start_two(str(tmp_path), 4)
+    outputs = [p.communicate(timeout=300)[0] for p in processes]
+  finally:
+    held.release()
+  for p, output in zip(processes, outputs):
+    assert p.returncode != 0, output[-3000:]
+    assert 'is in use by another run' in output and 'Traceback' not in output, output[-3000:]
+  assert f'process {os.getpid()} on host' in outputs[0]
+  assert os.listdir(tmp_path) == []
 
 
 def test_when_one_process_dies_the_other_stops_with_an_error(tmp_path):
