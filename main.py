@@ -1,6 +1,5 @@
 """Trains and evaluates AlexNet: `python main.py --config=configs/alexnet.py --workdir=DIR`."""
 
-import os
 import sys
 
 from absl import app, flags, logging
@@ -27,14 +26,16 @@ def main(argv):
   # file, and need none of JAX's training stack or TensorFlow.
   from alexnet_jax.workdir import orbax_logs
   orbax_logs.keep_warnings()
-  import jax
   from alexnet_jax import train
-  from alexnet_jax.parallel import distributed
+  from alexnet_jax.parallel import distributed, host_faults
   try:
     distributed.initialize_distributed(FLAGS.coordinator_address, FLAGS.num_processes,
                                     FLAGS.process_id, FLAGS.heartbeat_timeout_seconds)
+    host_faults.watch()
     train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
   except errors.UserFacingError as e:
+    if host_faults.several_hosts():
+      host_faults.stop_job(e)   # every host stops, and says which one failed and why
     logging.error('%s', e)
     sys.exit(f'error: {e}')
   except KeyboardInterrupt:   # a second Ctrl-C: the step and any save in progress are dropped
@@ -43,17 +44,10 @@ def main(argv):
     logging.warning('%s', message)
     print(message, file=sys.stderr, flush=True)
     sys.exit(130)
-  except jax.errors.JaxRuntimeError as e:
-    if jax.process_count() == 1:
+  except Exception as e:  # pylint: disable=broad-except  (a bug, or a host lost)
+    if not host_faults.several_hosts():
       raise
-    message = (f'error: a step this host takes with the others failed ({str(e).splitlines()[0]})'
-               '. Most likely another host of the job stopped or cannot be reached: its log '
-               'says why. Start the job again on every host to resume from the last '
-               'checkpoint.')
-    logging.error('%s', message)
-    print(message, file=sys.stderr, flush=True)
-    # JAX's own shutdown would wait for the lost host, then abort with a core dump.
-    os._exit(1)
+    host_faults.stop_job(e)
 
 
 if __name__ == '__main__':

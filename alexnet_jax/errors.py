@@ -48,3 +48,7 @@ class DamagedRecordError(DataError):
   def __reduce__(self):
     return type(self), (self.store, self.split, self.shard, self.shard_index, self.split_index,
                         self.cause, self.remedy)
+
+
+class HostFaultError(UserFacingError):
+  """Another host of a multi-host job failed, for a reason its own log gives in full."""

@@ -23,7 +23,7 @@ from alexnet_jax import config_checks, data, errors, models, optim
 from alexnet_jax.data import decode_share, to_devices
 from alexnet_jax.loop import (evaluate, progress_line, saved_state, stopping, summaries,
                               timers, train_metrics)
-from alexnet_jax.parallel import backend, placement, steps
+from alexnet_jax.parallel import backend, host_faults, placement, steps
 from alexnet_jax.workdir import (checkpointing, color_stats, init_from, lock, model_record,
                                  storage)
 
@@ -113,8 +113,9 @@ class _Run:
     config_checks.check_workdir_shared(workdir)
     init_from.check(config)
     aug = color_stats.augmentation(config, workdir)
-    self.dataset = dataset = data.create(config, config.global_batch_size, jax.process_index(),
-                                         jax.process_count())
+    # On several hosts, one host's damaged record stops them all at the same batch.
+    self.dataset = dataset = host_faults.agreed(data.create(
+        config, config.global_batch_size, jax.process_index(), jax.process_count()))
     steps_per_epoch = dataset.steps_per_epoch
     self.num_steps = _steps(config.num_train_steps, config.num_epochs, steps_per_epoch)
     self.eval_every = _steps(config.eval_every_steps, config.eval_every_epochs, steps_per_epoch)
@@ -305,18 +306,12 @@ class _Run:
     resumed run evaluates it first if its evaluation read the record)."""
     reader = ('whose evaluation reads it' if evaluating else
               f'before step {step + 1}, which reads it')
-    if jax.process_count() == 1:
-      self._save(pending_eval=evaluating)
-      self.checkpoints.wait()
-      saved = f'checkpoint {self.checkpoints.path(step)} saved'
-    else:   # the other hosts read on, and would wait for this one's part of a save forever
-      newest = self.checkpoints.latest_step()
-      saved = ('nothing saved, as this host alone reads it: the newest checkpoint is ' +
-               (self.checkpoints.path(newest) if newest is not None else 'none'))
-    return errors.DamagedRecordError(
+    self._save(pending_eval=evaluating)   # on several hosts, every host has agreed to stop
+    self.checkpoints.wait()
+    return host_faults.tagged_as(error, errors.DamagedRecordError(
         error.store, error.split, error.shard, error.shard_index, error.split_index, error.cause,
-        f'Stopped at step {step}, {reader}; {saved}. {error.remedy}\nThen run the same '
-        'command to resume.')
+        f'Stopped at step {step}, {reader}; checkpoint {self.checkpoints.path(step)} saved. '
+        f'{error.remedy}\nThen run the same command to resume.'))
 
   def close(self) -> None:
     self.batches.close()

@@ -26,7 +26,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 
 from alexnet_jax.errors import CheckpointError, ConfigError, StorageError
-from alexnet_jax.workdir import orbax_logs, storage
+from alexnet_jax.workdir import failed_writes, orbax_logs, storage
 
 # How tensorstore reports data that is not there or not whole (absl status codes), and
 # how Orbax reports a missing item.
@@ -112,10 +112,12 @@ class Checkpoints:
     self.directory, self._read_only = directory, read_only
     policy = ocp.checkpoint_managers.AnyPreservationPolicy(
         [ocp.checkpoint_managers.LatestN(n=keep), _KeepStep(best_step)])
+    # On several hosts, one host's failed write is waited for in vain: it is watched for.
+    self._failed_write = (failed_writes.Signal() if jax.process_count() > 1 and not read_only
+                          else None)
     self._manager = ocp.CheckpointManager(
         directory,
-        item_handlers={'state': ocp.StandardCheckpointHandler(),
-                       'loop_state': ocp.JsonCheckpointHandler()},
+        handler_registry=failed_writes.handler_registry(self._failed_write),
         options=ocp.CheckpointManagerOptions(
             # The folder is made by the first save: a run refused at start-up leaves none.
             create=False, read_only=read_only,
@@ -159,6 +161,8 @@ class Checkpoints:
     """Waits for the save in flight; StorageError if the storage refused it."""
     if self._writing is not None:
       with self._reported():
+        if self._failed_write is not None:
+          self._failed_write.wait_while(self._manager.is_saving_in_progress)
         self._manager.wait_until_finished()
       self._writing = None
 
@@ -275,7 +279,8 @@ class Checkpoints:
       self.wait()
     except StorageError as e:
       logging.error('%s', e)
-    self._manager.close()
+    if self._failed_write is None or not self._failed_write.failed:
+      self._manager.close()   # else its threads wait for the other hosts in vain
 
 
 def _arrays(state) -> dict:

@@ -30,8 +30,10 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _start_two(workdir, num_train_steps, heartbeat=100, devices_each=1, settings=None):
-  """Two processes of main.py joined on 127.0.0.1; `workdir` may be a pair, one each."""
+def _start_two(workdir, num_train_steps, heartbeat=100, devices_each=1, settings=None,
+               program='main.py'):
+  """Two processes of `program` (main.py, or a test's version of it) joined on 127.0.0.1;
+  `workdir` may be a pair, one each."""
   workdirs = workdir if isinstance(workdir, (list, tuple)) else [workdir] * 2
   port = _free_port()
   env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
@@ -40,7 +42,7 @@ def _start_two(workdir, num_train_steps, heartbeat=100, devices_each=1, settings
   flags += [f'--config.num_train_steps={num_train_steps}', '--config.synthetic.eval_examples=13',
             '--config.synthetic.train_examples=64']
   return [subprocess.Popen(
-      [sys.executable, 'main.py', '--config=configs/alexnet.py:demo', f'--workdir={workdirs[i]}',
+      [sys.executable, program, '--config=configs/alexnet.py:demo', f'--workdir={workdirs[i]}',
        *flags, f'--coordinator_address=127.0.0.1:{port}', '--num_processes=2',
        f'--process_id={i}', f'--heartbeat_timeout_seconds={heartbeat}'],
       cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
