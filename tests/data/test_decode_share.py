@@ -4,9 +4,10 @@ the config fields that ask for it."""
 
 import pytest
 
-from alexnet_jax import config_checks, errors, optim, train
+from alexnet_jax import config_checks, errors, optim
 from alexnet_jax.benchmarking import stand_in
 from alexnet_jax.data import decode_share, image_source, loader, to_devices
+from alexnet_jax.loop import saved_state
 from alexnet_jax.parallel import placement
 from tests.conftest import tiny_config
 
@@ -65,9 +66,9 @@ def test_a_resumed_run_keeps_its_saved_split_and_a_given_share_is_kept(monkeypat
 
 
 def test_the_loop_state_keeps_the_split_and_reads_checkpoints_without_it():
-  state = train.LoopState(optim.PlateauController(0.01))
+  state = saved_state.LoopState(optim.PlateauController(0.01))
   state.decode_host_rows = 24
-  restored = train.LoopState(optim.PlateauController(0.01))
+  restored = saved_state.LoopState(optim.PlateauController(0.01))
   restored.load(state.saved())
   assert restored.decode_host_rows == 24
   older = state.saved()
