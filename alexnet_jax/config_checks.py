@@ -14,6 +14,8 @@ from alexnet_jax.errors import ConfigError
 from alexnet_jax.workdir import storage
 
 DTYPES = ('auto', 'float32', 'bfloat16')
+COLOR_STATS = ('config', 'computed')   # the config's statistics, or WORKDIR/color_stats.json
+SUBTRACT_MEAN = ('pixel', 'image')
 
 
 def check(config, num_devices: int, num_local_devices: int | None = None) -> None:
@@ -21,102 +23,156 @@ def check(config, num_devices: int, num_local_devices: int | None = None) -> Non
 
   `num_local_devices`: the devices of this host (by default all `num_devices`).
   """
-  num_local_devices = num_local_devices or num_devices
-  problems = []
-
-  def need(ok: bool, message: str):
-    if not ok:
-      problems.append(message)
-
-  need(config.model in models.VARIANTS,
-       f'model={config.model!r} is unknown: choose one of {sorted(models.VARIANTS)}.')
-  need(config.initialization in models.INITIALIZATIONS,
-       f'initialization={config.initialization!r} is unknown: choose one of '
-       f'{models.INITIALIZATIONS}.')
-  need(config.dtype in DTYPES, f'dtype={config.dtype!r} is unknown: choose one of {DTYPES}.')
-  for field, choices in models.OPTIONS.items():
-    need(config[field] in choices,
-         f'{field}={config[field]!r} is unknown: choose one of {choices}.')
-  for field in ('global_batch_size', 'image_size', 'resize_size', 'log_every_steps',
-                'checkpoint_every_steps', 'keep_checkpoints'):
-    need(config[field] > 0, f'{field}={config[field]} must be a positive number.')
-  need(config.width > 0, f'width={config.width} must be positive (1.0 is the paper\'s size).')
-  need(config.data_workers >= -1,
-       f'data_workers={config.data_workers}: use -1 (picked for the host), 0 (decode in the '
-       'trainer\'s process) or a number of processes.')
-  need(config.data_threads == -1 or config.data_threads > 0,
-       f'data_threads={config.data_threads}: use -1 (picked for the host) or a number.')
-  need(config.decode in gpu_decode.MODES,
-       f'decode={config.decode!r} is unknown: choose one of {gpu_decode.MODES}.')
-  share = config.decode_host_share
-  need(share == 'auto' or (isinstance(share, (int, float)) and not isinstance(share, bool)
-                           and 0 <= share <= 1),
-       f'decode_host_share={share!r} must be a share, from 0 to 1, or \'auto\' (measured).')
-  need(0 <= config.decode_hardware_share <= 1,
-       f'decode_hardware_share={config.decode_hardware_share} must be a share, from 0 to 1.')
-  need(isinstance(config.decode_in_flight, int) and 1 <= config.decode_in_flight <= 8,
-       f'decode_in_flight={config.decode_in_flight} must be 1 to 8 batches decoded at once.')
-  need(0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).')
-  need(config.checkpoint_every_minutes >= 0,
-       f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.')
-  # NaN passes every comparison, and a NaN or infinite rate, momentum or decay makes every
-  # parameter NaN at the first update, while that step's loss and gradient are still finite.
-  need(math.isfinite(config.learning_rate) and config.learning_rate > 0,
-       f'learning_rate={config.learning_rate} must be a positive finite number.')
-  for field in ('momentum', 'weight_decay'):
-    need(math.isfinite(config[field]) and config[field] >= 0,
-         f'{field}={config[field]} must be a finite number, 0 or more.')
-  need(all(math.isfinite(s) and s > 0 for s in config.std_rgb),
-       f'std_rgb={tuple(config.std_rgb)}: every channel\'s std divides its pixels, so each must '
-       'be a positive finite number ((1.0, 1.0, 1.0): raw pixels minus the mean).')
-  need(all(math.isfinite(m) for m in config.mean_rgb),
-       f'mean_rgb={tuple(config.mean_rgb)} must be finite numbers.')
-  need(config.lr_schedule in optim.SCHEDULES,
-       f'lr_schedule={config.lr_schedule!r} is unknown: choose one of {optim.SCHEDULES}.')
-  if config.image_size > 0:
-    sizes = models.map_sizes(config.image_size)
-    vanished = next((layer for layer, side in sizes if side < 1), None)
-    need(vanished is None,
-         f'image_size={config.image_size} is too small: the maps vanish at {vanished}. '
-         f'AlexNet\'s geometry needs patches of at least {models.smallest_image_size()}x'
-         f'{models.smallest_image_size()}. Smaller images are upsampled when they are read: '
-         f'e.g. --config.resize_size=72 --config.image_size=64 for 32x32 images (a store '
-         'prepared with --size=72).')
-  need(config.resize_size >= config.image_size,
-       f'resize_size={config.resize_size} is smaller than image_size={config.image_size}: '
-       'patches are cut from the stored square of resize_size.')
-  need(config.num_train_steps > 0 or config.num_epochs > 0,
-       'set num_epochs or num_train_steps to a positive number.')
-  need(config.eval_every_steps > 0 or config.eval_every_epochs > 0,
-       'set eval_every_epochs or eval_every_steps to a positive number.')
-  need(not (config.eval_ten_crop and config.dataset == 'synthetic'),
-       'eval_ten_crop=True needs real images (a TFDS or image_folder dataset): the synthetic '
-       'images are made at the patch size and have no corners to crop.')
-  split = config.model_axis_size
-  if split < 1 or num_devices % split:
-    problems.append(f'model_axis_size={split} must divide the {num_devices} devices: the mesh is '
-                    f'(devices / model_axis_size) x model_axis_size; 1 is data parallelism alone.')
-  elif num_local_devices % split:
-    problems.append(f'model_axis_size={split} must divide the {num_local_devices} devices of '
-                    'each host: the devices that split the network stay on one host, and '
-                    'each host reads its own examples.')
-  elif config.model in models.VARIANTS and split > 1:
-    towers = models.VARIANTS[config.model].towers
-    if towers > 1 and split != towers:
-      problems.append(f'model_axis_size={split}: the {config.model} model splits over '
-                      f'{towers} devices, one tower each; use {towers} (or 1).')
-    hidden = models.hidden_units(config.model, config.width)
-    if towers == 1 and hidden % split:
-      problems.append(f'model_axis_size={split} does not divide the {hidden} units of fc6 and '
-                      f'fc7 (width={config.width}); use a divisor of {hidden}.')
-  if config.global_batch_size > 0 and config.global_batch_size % num_devices:
-    problems.append(
-        f'global_batch_size={config.global_batch_size} does not split evenly between '
-        f'{num_devices} devices: use a multiple of {num_devices}, e.g. '
-        f'{max(1, round(config.global_batch_size / num_devices)) * num_devices}.')
+  problems = (_model(config) + _data(config) + _decoding(config) + _colour(config) +
+              _optimisation(config) + _durations(config) + _fine_tuning(config) +
+              _mesh(config, num_devices, num_local_devices or num_devices))
   if problems:
     raise ConfigError('Invalid config:\n  ' + '\n  '.join(
         f'--config.{p}' if '=' in p.split(' ')[0] else p for p in problems))
+
+
+def check_colour(config) -> None:
+  """Raises ConfigError for colour statistics the augmentation cannot use: the commands that
+  read a workdir without training check these alone."""
+  problems = _colour(config)
+  if problems:
+    raise ConfigError(f'--config.{problems[0]}')
+
+
+def _failing(*checks: tuple[bool, str]) -> list[str]:
+  """The messages of the checks that fail."""
+  return [message for ok, message in checks if not ok]
+
+
+def _unknown(config, field: str, choices) -> tuple[bool, str]:
+  return (config[field] in choices,
+          f'{field}={config[field]!r} is unknown: choose one of {tuple(choices)}.')
+
+
+def _model(config) -> list[str]:
+  problems = _failing(
+      _unknown(config, 'model', sorted(models.VARIANTS)),
+      _unknown(config, 'initialization', models.INITIALIZATIONS),
+      _unknown(config, 'dtype', DTYPES),
+      *(_unknown(config, field, choices) for field, choices in models.OPTIONS.items()),
+      (config.width > 0, f'width={config.width} must be positive (1.0 is the paper\'s size).'),
+      (0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).'))
+  if config.image_size > 0:
+    sizes = models.map_sizes(config.image_size)
+    vanished = next((layer for layer, side in sizes if side < 1), None)
+    smallest = models.smallest_image_size()
+    problems += _failing((
+        vanished is None,
+        f'image_size={config.image_size} is too small: the maps vanish at {vanished}. '
+        f'AlexNet\'s geometry needs patches of at least {smallest}x{smallest}. Smaller images '
+        'are upsampled when they are read: e.g. --config.resize_size=72 '
+        '--config.image_size=64 for 32x32 images (a store prepared with --size=72).'))
+  return problems
+
+
+def _data(config) -> list[str]:
+  return _failing(
+      *((config[field] > 0, f'{field}={config[field]} must be a positive number.')
+        for field in ('global_batch_size', 'image_size', 'resize_size')),
+      (config.resize_size >= config.image_size,
+       f'resize_size={config.resize_size} is smaller than image_size={config.image_size}: '
+       'patches are cut from the stored square of resize_size.'),
+      (config.data_workers >= -1,
+       f'data_workers={config.data_workers}: use -1 (picked for the host), 0 (decode in the '
+       'trainer\'s process) or a number of processes.'),
+      (config.data_threads == -1 or config.data_threads > 0,
+       f'data_threads={config.data_threads}: use -1 (picked for the host) or a number.'),
+      (not (config.eval_ten_crop and config.dataset == 'synthetic'),
+       'eval_ten_crop=True needs real images (a TFDS or image_folder dataset): the synthetic '
+       'images are made at the patch size and have no corners to crop.'))
+
+
+def _decoding(config) -> list[str]:
+  share = config.decode_host_share
+  return _failing(
+      _unknown(config, 'decode', gpu_decode.MODES),
+      (share == 'auto' or (isinstance(share, (int, float)) and not isinstance(share, bool)
+                           and 0 <= share <= 1),
+       f'decode_host_share={share!r} must be a share, from 0 to 1, or \'auto\' (measured).'),
+      (0 <= config.decode_hardware_share <= 1,
+       f'decode_hardware_share={config.decode_hardware_share} must be a share, from 0 to 1.'),
+      (isinstance(config.decode_in_flight, int) and 1 <= config.decode_in_flight <= 8,
+       f'decode_in_flight={config.decode_in_flight} must be 1 to 8 batches decoded at once.'))
+
+
+def _colour(config) -> list[str]:
+  return _failing(
+      _unknown(config, 'color_stats', COLOR_STATS),
+      _unknown(config, 'subtract_mean', SUBTRACT_MEAN),
+      (not (config.subtract_mean == 'image' and config.color_stats == 'config'),
+       'subtract_mean=image needs the mean image of the training set: compute it once with '
+       '`python -m alexnet_jax.commands.color_stats --config=<the same config> '
+       '--workdir=<the run\'s workdir>` and train with --config.color_stats=computed.'),
+      (all(math.isfinite(s) and s > 0 for s in config.std_rgb),
+       f'std_rgb={tuple(config.std_rgb)}: every channel\'s std divides its pixels, so each '
+       'must be a positive finite number ((1.0, 1.0, 1.0): raw pixels minus the mean).'),
+      (all(math.isfinite(m) for m in config.mean_rgb),
+       f'mean_rgb={tuple(config.mean_rgb)} must be finite numbers.'))
+
+
+def _optimisation(config) -> list[str]:
+  # NaN passes every comparison, and a NaN or infinite rate, momentum or decay makes every
+  # parameter NaN at the first update, while that step's loss and gradient are still finite.
+  return _failing(
+      (math.isfinite(config.learning_rate) and config.learning_rate > 0,
+       f'learning_rate={config.learning_rate} must be a positive finite number.'),
+      *((math.isfinite(config[field]) and config[field] >= 0,
+         f'{field}={config[field]} must be a finite number, 0 or more.')
+        for field in ('momentum', 'weight_decay')),
+      _unknown(config, 'lr_schedule', optim.SCHEDULES))
+
+
+def _durations(config) -> list[str]:
+  return _failing(
+      *((config[field] > 0, f'{field}={config[field]} must be a positive number.')
+        for field in ('log_every_steps', 'checkpoint_every_steps', 'keep_checkpoints')),
+      (config.checkpoint_every_minutes >= 0,
+       f'checkpoint_every_minutes={config.checkpoint_every_minutes} must be 0 (off) or more.'),
+      (config.num_train_steps > 0 or config.num_epochs > 0,
+       'set num_epochs or num_train_steps to a positive number.'),
+      (config.eval_every_steps > 0 or config.eval_every_epochs > 0,
+       'set eval_every_epochs or eval_every_steps to a positive number.'))
+
+
+def _fine_tuning(config) -> list[str]:
+  names = [name.strip() for name in config.reinit_layers.split(',') if name.strip()]
+  unknown = [name for name in names if name not in models.LAYERS]
+  return _failing(
+      (not unknown, f'reinit_layers={config.reinit_layers}: {", ".join(unknown)} is no layer '
+                    f'of AlexNet; name some of {", ".join(models.LAYERS)}.'),
+      (bool(config.init_from) or not names,
+       'reinit_layers is set but --config.init_from is not: name the workdir whose other '
+       'layers the run starts from.'))
+
+
+def _mesh(config, num_devices: int, num_local_devices: int) -> list[str]:
+  split, batch = config.model_axis_size, config.global_batch_size
+  problems = _failing((
+      batch <= 0 or batch % num_devices == 0,
+      f'global_batch_size={batch} does not split evenly between {num_devices} devices: use a '
+      f'multiple of {num_devices}, e.g. {max(1, round(batch / num_devices)) * num_devices}.'))
+  if split < 1 or num_devices % split:
+    return problems + [f'model_axis_size={split} must divide the {num_devices} devices: the mesh '
+                       'is (devices / model_axis_size) x model_axis_size; 1 is data parallelism '
+                       'alone.']
+  if num_local_devices % split:
+    return problems + [f'model_axis_size={split} must divide the {num_local_devices} devices of '
+                       'each host: the devices that split the network stay on one host, and '
+                       'each host reads its own examples.']
+  if config.model not in models.VARIANTS or split == 1:
+    return problems
+  towers = models.VARIANTS[config.model].towers
+  hidden = models.hidden_units(config.model, config.width)
+  return problems + _failing(
+      (towers == 1 or split == towers, f'model_axis_size={split}: the {config.model} model '
+       f'splits over {towers} devices, one tower each; use {towers} (or 1).'),
+      (towers > 1 or hidden % split == 0, f'model_axis_size={split} does not divide the '
+       f'{hidden} units of fc6 and fc7 (width={config.width}); use a divisor of {hidden}.'))
 
 
 def check_classes(config, num_classes: int) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from absl import logging
 from etils import epath
 
+from alexnet_jax import config_checks
 from alexnet_jax.data import augment
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.workdir import storage
@@ -40,18 +41,8 @@ def save(stats: dict, workdir: str) -> str:
 def augmentation(config, workdir: str) -> augment.Augmentation:
   """The run's device augmentation: the config's colour statistics, or with
   `color_stats=computed` those stored in `workdir`."""
-  if config.color_stats not in ('config', 'computed'):
-    raise ConfigError(f"--config.color_stats={config.color_stats!r}: use 'config' or "
-                      "'computed'.")
-  if config.subtract_mean not in ('pixel', 'image'):
-    raise ConfigError(f"--config.subtract_mean={config.subtract_mean!r}: use 'pixel' or "
-                      "'image'.")
+  config_checks.check_colour(config)
   if config.color_stats == 'config':
-    if config.subtract_mean == 'image':
-      raise ConfigError('--config.subtract_mean=image needs the mean image of the training '
-                        'set: compute it once with\n'
-                        f'  python -m alexnet_jax.commands.color_stats --config=<the same config> '
-                        f'--workdir={workdir}\nand train with --config.color_stats=computed.')
     return augment.from_config(config)
   path = epath.Path(workdir) / FILENAME
   if not path.exists():

@@ -12,31 +12,20 @@ import logging
 import jax
 import numpy as np
 
-from alexnet_jax import models
 from alexnet_jax.errors import ConfigError
 from alexnet_jax.workdir import model_record, storage, trained
 
 
 
 def reinit_layers(config) -> list[str]:
-  """The layers `config.reinit_layers` names; ConfigError for a name that is no layer."""
-  names = [name.strip() for name in config.reinit_layers.split(',') if name.strip()]
-  unknown = [name for name in names if name not in models.LAYERS]
-  if unknown:
-    raise ConfigError(f'--config.reinit_layers={config.reinit_layers}: {", ".join(unknown)} '
-                      f'is no layer of AlexNet; name some of {", ".join(models.LAYERS)}.')
-  return names
+  """The layers `config.reinit_layers` names (checked by `config_checks`)."""
+  return [name.strip() for name in config.reinit_layers.split(',') if name.strip()]
 
 
 def check(config) -> None:
-  """Refuses at start-up an init_from that cannot be read, or reinit_layers without it."""
-  names = reinit_layers(config)
-  if not config.init_from:
-    if names:
-      raise ConfigError('--config.reinit_layers is set but --config.init_from is not: name the '
-                        'workdir whose other layers the run starts from.')
-    return
-  if not storage.workdir_path(config.init_from).exists():
+  """Refuses at start-up an init_from that is not there (its fields are checked by
+  `config_checks`)."""
+  if config.init_from and not storage.workdir_path(config.init_from).exists():
     raise ConfigError(f'--config.init_from={config.init_from} does not exist: name a trained '
                       'workdir, or one written by python -m alexnet_jax.commands.weights import.')
 

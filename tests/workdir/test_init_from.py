@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from alexnet_jax import errors, train
+from alexnet_jax import config_checks, errors, train
 from alexnet_jax.commands import weights
 from alexnet_jax.workdir import init_from, model_record, trained
 from configs import alexnet
@@ -107,6 +107,6 @@ def test_what_cannot_be_read_is_refused_at_start_up(tmp_path):
   with pytest.raises(errors.ConfigError, match='does not exist'):
     init_from.check(run_config(2, init_from=str(tmp_path / 'absent')))
   with pytest.raises(errors.ConfigError, match='fc9 is no layer of AlexNet'):
-    init_from.check(run_config(2, init_from=str(tmp_path), reinit_layers='fc8,fc9'))
+    config_checks.check(run_config(2, init_from=str(tmp_path), reinit_layers='fc8,fc9'), 2)
   with pytest.raises(errors.ConfigError, match='reinit_layers is set but --config.init_from'):
-    init_from.check(run_config(2, reinit_layers='fc8'))
+    config_checks.check(run_config(2, reinit_layers='fc8'), 2)
