@@ -71,6 +71,19 @@ def train_and_evaluate(config, workdir: str) -> dict:
     run.close()
 
 
+def _restore(config, checkpoints: checkpointing.Checkpoints, state):
+  """(the state to start from, the loop state saved with it): the newest checkpoint's, else
+  `state` with `init_from`'s parameters where it names a workdir, and None."""
+  restored = checkpoints.restore(state)
+  if restored is not None:
+    if config.init_from:
+      logging.info('Resuming from this run\'s own checkpoint; --config.init_from is not read.')
+    return restored
+  if config.init_from:
+    state = state.replace(params=init_from.initial_params(config, state.params))
+  return state, None
+
+
 @dataclasses.dataclass(frozen=True)
 class Due:
   """What a step brings once it has trained."""
@@ -132,7 +145,21 @@ class _Run:
     self.loop_state = saved_state.LoopState(
         optim.PlateauController(config.learning_rate, **config.plateau),
         global_batch_size=config.global_batch_size)
-    self._restore(workdir, create_train_state(config, model, mesh, self.rate_schedule))
+    self.checkpoints = checkpointing.Checkpoints(
+        str(checkpointing.folder(workdir)), keep=config.keep_checkpoints,
+        best_step=lambda: self.loop_state.best_step if config.keep_best_checkpoint else None)
+    self.state, saved = _restore(config, self.checkpoints,
+                                 create_train_state(config, model, mesh, self.rate_schedule))
+    self.start_step = int(jax.device_get(self.state.step))
+    if saved is not None:
+      self.loop_state.load(saved)
+      change = saved_state.batch_size_change(self.start_step, saved.get('global_batch_size'),
+                                             config.global_batch_size, dataset.train_examples,
+                                             self.num_steps)
+      if change:
+        logging.warning('%s', change)
+    checkpointing.check_space(storage.workdir_path(workdir), self.state,
+                              config.keep_checkpoints + 2)
     self.train_step = steps.make_train_step(model, aug, config.seed, mesh)
     self.eval_step = steps.make_eval_step(model, aug, mesh, config.eval_ten_crop)
     self.put = to_devices.for_config(config, mesh, placement.batch_spec(model, mesh),
@@ -165,30 +192,6 @@ class _Run:
     self.save_clock = timers.SaveClock(config.checkpoint_every_minutes)
     self.eval_metrics = {}
 
-  def _restore(self, workdir: str, state) -> None:
-    """The state to start from: the newest checkpoint's, else `init_from`'s or `state`."""
-    config, loop_state = self.config, self.loop_state
-    root = storage.workdir_path(workdir)
-    self.checkpoints = checkpointing.Checkpoints(
-        str(checkpointing.folder(workdir)), keep=config.keep_checkpoints,
-        best_step=lambda: loop_state.best_step if config.keep_best_checkpoint else None)
-    restored = self.checkpoints.restore(state)
-    if restored is None and config.init_from:
-      state = state.replace(params=init_from.initial_params(config, state.params))
-    elif config.init_from:
-      logging.info('Resuming from this run\'s own checkpoint; --config.init_from is not read.')
-    if restored is not None:
-      state, saved = restored
-      loop_state.load(saved)
-      change = saved_state.batch_size_change(
-          int(jax.device_get(state.step)), saved.get('global_batch_size'),
-          config.global_batch_size, self.dataset.train_examples, self.num_steps)
-      if change:
-        logging.warning('%s', change)
-    self.state = state
-    self.start_step = int(jax.device_get(state.step))
-    checkpointing.check_space(root, state, config.keep_checkpoints + 2)
-
   def learning_rate(self, step: int) -> float:
     """The rate step `step` (counted from 1) trained with."""
     if self.rate_schedule is None:
@@ -206,8 +209,9 @@ class _Run:
                        self.preemption.should_stop(), self.save_clock)
       if due.log or due.save:
         # Before anything is saved, every step since the last check must have been finite.
-        self.metrics_log.flush(self.learning_rate(step), self.checkpoints,
-                               report=due.log or due.last)
+        self.metrics_log.check(self.checkpoints)
+      if due.log or due.last:
+        self.metrics_log.write(self.learning_rate(step))
       # A stop before or during the evaluation saves first; the resumed run evaluates this
       # step before it trains on.
       evaluated = due.evaluate and not due.stop and self._evaluate_or_stop(step)
@@ -231,14 +235,13 @@ class _Run:
       with self.preemption.waiting():
         batch = next(self.batches)
     except stopping.StopWhileWaiting:
-      self.metrics_log.flush(self.learning_rate(step - 1), self.checkpoints, report=False)
+      self.metrics_log.check(self.checkpoints)
       self._save(pending_eval=False)
       logging.warning('Stopped at step %d; checkpoint %s saved. Run the same command to '
                       'resume.', step - 1, self.checkpoints.path(step - 1))
       return False
     except errors.DamagedRecordError as e:
-      self.metrics_log.flush(self.loop_state.plateau.learning_rate, self.checkpoints,
-                             report=False)
+      self.metrics_log.check(self.checkpoints)
       raise self._stop_for_damage(e, step - 1, evaluating=False) from None
     with jax.profiler.StepTraceAnnotation('train', step_num=step):
       self.state, metrics = self.train_step(self.state, batch)

@@ -21,7 +21,8 @@ class MetricsLog:
 
   def __init__(self, writer, steps_per_epoch: int, progress: progress_line.Progress):
     self._writer, self._steps_per_epoch, self._progress = writer, steps_per_epoch, progress
-    self._pending = []
+    self._pending = []   # (step, metrics on the devices), not yet checked
+    self._checked = []   # (step, metrics on the host), checked, not yet written
     # Damaged records skipped, by step: told by the loader's thread, ahead of the steps.
     self._skips, self._skips_told = collections.Counter(), queue.SimpleQueue()
 
@@ -35,17 +36,26 @@ class MetricsLog:
     """Leaves time spent outside training (evaluation) out of the rates."""
     self._progress.exclude(wall_seconds, cpu_seconds)
 
-  def flush(self, learning_rate: float, checkpoints, report: bool = True) -> None:
-    """Checks every pending step; with `report`, writes their means and the progress."""
+  def check(self, checkpoints) -> None:
+    """Raises DivergenceError at the first step since the last check that was not finite,
+    naming the newest of `checkpoints`: called before anything is saved."""
     if not self._pending:
       return
     steps = [s for s, _ in self._pending]
     host = jax.device_get([m for _, m in self._pending])
+    self._pending = []
     for step, m in zip(steps, host):
       if not m['finite']:
         raise _diverged(step, float(m['loss']), float(m['grad_norm']), checkpoints)
-    if not report:
+    self._checked += zip(steps, host)
+
+  def write(self, learning_rate: float) -> None:
+    """Writes the means of the checked steps since the last write, and the progress."""
+    if not self._checked:
       return
+    steps = [s for s, _ in self._checked]
+    host = [m for _, m in self._checked]
+    self._checked = []
     step = steps[-1]
     summary = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != 'finite'}
     while not self._skips_told.empty():
@@ -56,7 +66,6 @@ class MetricsLog:
     summary['learning_rate'] = learning_rate
     summary['epoch'] = step / self._steps_per_epoch
     self._writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
-    self._pending = []
 
 
 def _diverged(step: int, loss: float, grad_norm: float, checkpoints) -> errors.DivergenceError:
