@@ -63,6 +63,19 @@ def run_config(num_train_steps: int, **overrides):
   return config
 
 
+def plateau_config(num_train_steps: int, **overrides):
+  """`run_config` with the plateau rule, a rate set by the step alone (not the demo's cosine,
+  which depends on the run's length): for runs stopped early and resumed to a nearer end."""
+  return run_config(num_train_steps,
+                    **{'eval_every_steps': 1000, 'lr_schedule': 'plateau', **overrides})
+
+
+def steps_saved(workdir) -> list[int]:
+  """The steps of the checkpoints in `workdir`, oldest first."""
+  folder = pathlib.Path(workdir, 'checkpoints')
+  return sorted(int(p.name) for p in folder.iterdir() if p.name.isdigit()) if folder.is_dir() else []
+
+
 def write_image_folder(root, classes=('cat', 'dog', 'fox'), train=7, val=3, seed=0):
   """ROOT/train/<class>/ with `train` JPEGs of assorted sizes each, ROOT/val/<class>/ with `val`;
   each class a brightness band of its own, so a network can tell them apart."""
