@@ -4,7 +4,7 @@ import jax
 import numpy as np
 import pytest
 
-from alexnet_jax import train
+from alexnet_jax import models, train
 from alexnet_jax.commands import activation_stats
 from alexnet_jax.data import augment
 from alexnet_jax.parallel import placement
@@ -22,7 +22,7 @@ def test_a_layer_whose_biases_silence_it_shows_all_its_units_dead():
   rows, logits_std, loss = activation_stats.layer_table(model, params, augment.from_config(config),
                                                         batch)
   table = {name: (std, mean, firing, dead) for name, std, mean, firing, dead in rows}
-  assert list(table) == list(activation_stats.LAYERS)
+  assert list(table) == list(models.LAYERS)
   assert table['fc7'][2] == 0 and table['fc7'][3] == 1   # nothing fires: every unit dead
   assert 0.2 < table['conv1'][2] < 0.8 and table['conv1'][3] == 0
   # Nothing reaches fc8 but its zero biases: every logit 0, the loss ln 10.
