@@ -44,10 +44,11 @@ ALL_REWRITES = {'conv1': 'space_to_depth', 'max_pool': 'slices', 'lrn_gradient':
 REWRITES_OF = {'owt': ('conv1', 'max_pool'), 'paper': tuple(ALL_REWRITES)}
 
 
-def rewrite_cases():
-  """pytest params (model, options): every rewrite at once for each model, then each alone
-  (slow)."""
-  every = [pytest.param(model, {k: ALL_REWRITES[k] for k in fields}, id=f'{model}-all')
+def rewrite_cases(quick: tuple[str, ...] = ()):
+  """pytest params (model, options): every rewrite at once for each model (slow but for the
+  models in `quick`), then each alone (slow)."""
+  every = [pytest.param(model, {k: ALL_REWRITES[k] for k in fields}, id=f'{model}-all',
+                        marks=() if model in quick else pytest.mark.slow)
            for model, fields in REWRITES_OF.items()]
   alone = [pytest.param(model, {field: ALL_REWRITES[field]}, id=f'{model}-{field}',
                         marks=pytest.mark.slow)

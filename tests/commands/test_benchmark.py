@@ -67,6 +67,7 @@ def test_step_benchmark_reports_a_rate_on_a_model_split_over_two_devices():
   assert result['mfu'].endswith('%') and 'GiB' not in result['memory']
 
 
+@pytest.mark.slow   # a whole command in a process of its own
 def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
   command = [sys.executable, '-m', 'alexnet_jax.commands.benchmark', '--models=owt', '--dtypes=float32',
              '--batch_sizes=4', '--image_size=64', '--num_classes=10', '--steps=1',
@@ -94,6 +95,7 @@ def test_command_says_in_a_line_that_torch_is_absent_and_times_jax_alone():
   assert len(rows) == 1 and float(rows[0][4]) > 0 and rows[0][-4:] == ['-', '-', '-', '- |']
 
 
+@pytest.mark.slow   # a whole command in a process of its own
 def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
   """The loop benchmark on a store of a small folder: its rows, and no TensorFlow, clu or
   ml_collections imported (GPU hosts have JAX and the loader's wheels only)."""
@@ -158,6 +160,7 @@ def _assert_torch_line(lines):
     assert len(torch_lines) == 1 and 'images/s' in torch_lines[0], torch_lines
 
 
+@pytest.mark.slow   # a whole command in a process of its own
 def test_rewrites_round_smoke_times_and_checks_each_owt_row_and_lists_kernels():
   lines = _rewrites_round('--models=owt', '--owt_large_batch=0')
   _assert_torch_line(lines)

@@ -165,7 +165,7 @@ def test_nothing_compiles_after_the_first_steps():
 
 
 @pytest.mark.parametrize('variant, options', [pytest.param('owt', {}, id='today')] +
-                         rewrite_cases())
+                         rewrite_cases(quick=('owt',)))
 def test_two_devices_take_the_papers_update_written_out_with_mean_std_and_colour_shift(
     variant, options):
   """Against the update written by hand (tests/reference.py) on one device with today's

@@ -155,7 +155,7 @@ def test_unwritable_workdir_is_refused(tmp_path):
     train.train_and_evaluate(plateau_config(2), str(blocker / 'workdir'))
 
 
-@pytest.mark.parametrize('model', ['paper', 'owt'])
+@pytest.mark.parametrize('model', [pytest.param('paper', marks=pytest.mark.slow), 'owt'])
 def test_the_smallest_patch_trains_and_one_pixel_less_is_refused(tmp_path, model):
   config = plateau_config(1, model=model, image_size=63, resize_size=63, eval_every_steps=1)
   assert train.train_and_evaluate(config, str(tmp_path / 'a'))['examples'] == 13
