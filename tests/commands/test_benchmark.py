@@ -95,24 +95,35 @@ def test_command_says_in_a_line_that_torch_is_absent_and_times_jax_alone():
   assert len(rows) == 1 and float(rows[0][4]) > 0 and rows[0][-4:] == ['-', '-', '-', '- |']
 
 
+def _folder_and_store(tmp_path, size: int):
+  """A folder of 3 classes of 12 JPEGs, and its store at `size`."""
+  folder = write_image_folder(tmp_path / 'images', train=12)
+  store = tmp_path / 'store'
+  prepare.prepare(f'image_folder:{folder}', str(store),
+                  prepare.Options(size=size, images_per_shard=16, workers=0), progress=False)
+  return folder, store
+
+
+def _run_without_tensorflow(command: str, *flags: str) -> str:
+  """The output of `python -m alexnet_jax.commands.COMMAND FLAGS`, which must import no
+  TensorFlow, clu or ml_collections (GPU hosts have JAX and the loader's wheels only)."""
+  code = ('import runpy, sys; sys.argv = sys.argv[1:]; '
+          f'runpy.run_module("alexnet_jax.commands.{command}", run_name="__main__"); '
+          'banned = [m for m in ("tensorflow", "clu", "ml_collections") if m in sys.modules]; '
+          'assert not banned, banned')
+  return subprocess.run([sys.executable, '-c', code, command, *flags], cwd=ROOT, check=True,
+                        capture_output=True, text=True, timeout=300).stdout
+
+
 @pytest.mark.slow   # a whole command in a process of its own
 def test_loop_benchmark_reads_a_store_and_a_folder_without_tensorflow(tmp_path):
   """The loop benchmark on a store of a small folder: its rows, and no TensorFlow, clu or
   ml_collections imported (GPU hosts have JAX and the loader's wheels only)."""
-  folder = write_image_folder(tmp_path / 'images', train=12)
-  store = tmp_path / 'store'
-  prepare.prepare(f'image_folder:{folder}', str(store),
-                  prepare.Options(size=73, images_per_shard=16, workers=0), progress=False)
-  code = ('import runpy, sys; sys.argv = sys.argv[1:]; '
-          'runpy.run_module("alexnet_jax.commands.benchmark_loop", run_name="__main__"); '
-          'banned = [m for m in ("tensorflow", "clu", "ml_collections") if m in sys.modules]; '
-          'assert not banned, banned')
-  output = subprocess.run(
-      [sys.executable, '-c', code, 'benchmark_loop', f'--store={store}', f'--folder={folder}',
-       '--stored_size=73', '--model=owt', '--width=0.125', '--image_size=64', '--batch=4',
-       '--steps=2', '--warmup=1', '--workers=1', '--threads=1', '--readings=0x1,1x1',
-       '--rounds=1'],
-      cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
+  folder, store = _folder_and_store(tmp_path, size=73)
+  output = _run_without_tensorflow(
+      'benchmark_loop', f'--store={store}', f'--folder={folder}', '--stored_size=73',
+      '--model=owt', '--width=0.125', '--image_size=64', '--batch=4', '--steps=2', '--warmup=1',
+      '--workers=1', '--threads=1', '--readings=0x1,1x1', '--rounds=1')
   rows = [line for line in output.splitlines() if line.startswith('| ') and 'images/s' not in line
           and '---' not in line]
   assert [row.split(' | ')[0] for row in rows] == [
@@ -200,18 +211,9 @@ def test_rewrites_round_counts_the_models_own_flops_not_the_blocks_zero_taps():
 def test_the_gpu_round_runs_on_the_cpu_with_the_stand_in_decoder(tmp_path):
   """`benchmark_gpu_feed --smoke`: every row of the round, on a small store, with no
   TensorFlow, clu or ml_collections imported."""
-  folder = write_image_folder(tmp_path / 'images', train=12)
-  store = tmp_path / 'store'
-  prepare.prepare(f'image_folder:{folder}', str(store),
-                  prepare.Options(size=72, images_per_shard=16, workers=0), progress=False)
-  code = ('import runpy, sys; sys.argv = sys.argv[1:]; '
-          'runpy.run_module("alexnet_jax.commands.benchmark_gpu_feed", run_name="__main__"); '
-          'banned = [m for m in ("tensorflow", "clu", "ml_collections") if m in sys.modules]; '
-          'assert not banned, banned')
-  output = subprocess.run(
-      [sys.executable, '-c', code, 'benchmark_gpu_feed', '--smoke', f'--store={store}',
-       '--overlapped=2'],
-      cwd=ROOT, check=True, capture_output=True, text=True, timeout=300).stdout
+  _, store = _folder_and_store(tmp_path, size=72)
+  output = _run_without_tensorflow('benchmark_gpu_feed', '--smoke', f'--store={store}',
+                                   '--overlapped=2')
   rows = [line.split(' | ') for line in output.splitlines()
           if line.startswith('| ') and not line.startswith('| what |')]
   assert [row[0] for row in rows] == [
