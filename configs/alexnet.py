@@ -62,9 +62,8 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config.data_threads = -1
   # Who decodes the store's JPEGs: 'host', 'device' (NVIDIA GPUs, by nvImageCodec: README,
   # "Install"), or 'auto': the GPUs where they are and the package loads, else the host. The
-  # host by default: on the one GPU host measured (an H200 beside 16 cores) the GPU's decoders
-  # (21,000 of these JPEGs a second) fed the loop more slowly than the cores (BENCHMARKS.md,
-  # "Decoding on the GPU").
+  # host by default, as the GPU's decoders have not yet been measured feeding the loop faster
+  # than a host's cores (BENCHMARKS.md, "Decoding on the GPU").
   config.decode = 'host'
   # With GPU decoding: the share of each device's rows the host decodes anyway, or 'auto':
   # split by the host's and the GPUs' rates, measured before step 1 and kept in the
