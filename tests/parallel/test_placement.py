@@ -39,7 +39,7 @@ def test_on_four_devices():
              XLA_FLAGS=re.sub(r'--xla_force_host_platform_device_count=\d+', '',
                               os.environ.get('XLA_FLAGS', '')))
   result = subprocess.run([sys.executable, '-m', 'pytest', '-q', '-p', 'no:cacheprovider',
-                           __file__], cwd=ROOT, env=env, capture_output=True, text=True,
+                           '-n', '0', __file__], cwd=ROOT, env=env, capture_output=True, text=True,
                           timeout=900)
   assert result.returncode == 0, result.stdout[-6000:] + result.stderr[-3000:]
   # Every 4-device check ran there (this test itself is deselected there, as slow).
@@ -209,6 +209,7 @@ def test_paper_towers_exchange_only_where_the_paper_does():
       ('reduce-scatter', hidden.replace('512]', '256]')): 2,
       ('reduce-scatter', classes.replace('10]', '5]')): 1,
       ('all-reduce', 'f32[]'): 1,                 # the gradient norm's sum of squares
+      ('all-reduce', 's32[]'): 1,                 # whether both towers' updates are finite
   }
   others = [(op, groups) for op, groups, _ in found if groups != MODEL_GROUPS]
   assert others and all(op == 'all-reduce' and groups == BATCH_GROUPS for op, groups in others)
