@@ -49,9 +49,8 @@ def sgd(parameters, learning_rate: float, momentum: float, weight_decay: float):
 def images_per_s(mode: str, device: str, dtype: str, batch: int, image_size: int,
                  num_classes: int, mean_rgb, std_rgb, sgd_hyperparameters: dict, steps: int,
                  warmup: int, repeats: int) -> float:
-  """The median over `repeats` of `steps` training steps' images/s, on `device` ('cuda' or
-  'cpu'), after at least one warm-up step: compilation and cuDNN's choice of kernels are
-  not timed, as the JAX step's compilation is not."""
+  """The median over `repeats` of `steps` training steps' images/s on `device` ('cuda' or
+  'cpu'), after a warm-up step at least: compiling and cuDNN's kernel choice go untimed."""
   if mode not in MODES:
     raise ValueError(f'Unknown PyTorch mode {mode!r}: use one of {", ".join(MODES)}.')
   if dtype not in ('float32', 'bfloat16'):
