@@ -296,6 +296,10 @@ class _Run:
     return True
 
   def _save(self, pending_eval: bool) -> None:
+    if not steps.state_is_finite(self.state):   # an update overflowed: keep the last save
+      raise train_metrics.diverged(
+          int(jax.device_get(self.state.step)),
+          'the update of the parameters or of the optimiser state is not finite', self.checkpoints)
     self.loop_state.pending_eval = pending_eval
     waited = self.checkpoints.save(self.state, self.loop_state.saved())
     if waited is not None:   # what an asynchronous save costs the step

@@ -46,7 +46,8 @@ class MetricsLog:
     self._pending = []
     for step, m in zip(steps, host):
       if not m['finite']:
-        raise _diverged(step, float(m['loss']), float(m['grad_norm']), checkpoints)
+        raise diverged(step, f'the loss or a gradient is not finite (loss {float(m["loss"])}, '
+                       f'gradient norm {float(m["grad_norm"])})', checkpoints)
     self._checked += zip(steps, host)
 
   def write(self, learning_rate: float) -> None:
@@ -68,16 +69,14 @@ class MetricsLog:
     self._writer.write_scalars(step, {f'train/{k}': v for k, v in summary.items()})
 
 
-def _diverged(step: int, loss: float, grad_norm: float, checkpoints) -> errors.DivergenceError:
-  """The run's end at `step`, the first step whose loss, gradient or update was not finite.
-  The step never keeps such a state (`parallel/steps.train_step`), so the newest checkpoint is
-  finite."""
-  what = ('the loss or a gradient is' if not (np.isfinite(loss) and np.isfinite(grad_norm))
-          else 'the update of the parameters or of the optimiser state is')
+def diverged(step: int, what: str, checkpoints) -> errors.DivergenceError:
+  """The run's end at `step`, where `what` was not finite. No such state is ever saved (the
+  step keeps the state before a non-finite loss or gradient, and the loop checks the state
+  before each save), so the newest checkpoint is finite."""
   latest = checkpoints.latest_step()
   return errors.DivergenceError(
-      f'Training diverged: {what} not finite at step {step} (loss {loss}, gradient norm '
-      f'{grad_norm}). Nothing after it was saved; the last good checkpoint is '
+      f'Training diverged at step {step}: {what}. Nothing after it was saved; the last good '
+      f'checkpoint is '
       f'{checkpoints.path(latest) if latest is not None else "none (no checkpoint yet)"}. '
       'Lower --config.learning_rate (or --config.weight_decay), or train in float32, and run '
       'again.')

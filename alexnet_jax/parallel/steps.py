@@ -100,12 +100,10 @@ def train_step(state, batch, *, device: OnDevice, aug: augment.Augmentation, see
   }, BATCH_AXIS)
   metrics['grad_norm'] = global_norm(grads, param_specs)
   updated = state.apply_gradients(grads=grads)
-  # A non-finite loss, gradient or update leaves the state as it was; the loop sees
-  # `finite` and stops, so a diverged state is never saved. The update is checked too: a
-  # finite gradient times a huge rate or decay overflows the parameters of this step, and
-  # only the next step's loss would show it.
-  finite = (jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm']) &
-            all_finite((updated.params, updated.opt_state), device.model_axis_size))
+  # A non-finite loss or gradient leaves the state as it was; the loop sees `finite` and
+  # stops. An update that overflows from a finite gradient (a huge rate or decay) is caught
+  # where it would be kept: `state_is_finite`, before every save.
+  finite = jnp.isfinite(metrics['loss']) & jnp.isfinite(metrics['grad_norm'])
   new_state = jax.tree.map(lambda new, old: jnp.where(finite, new, old), updated, state)
   metrics['finite'] = finite
   return new_state, metrics
@@ -149,15 +147,16 @@ def count_correct(logits, labels, mask) -> dict:
   }
 
 
-def all_finite(tree, model_axis_size: int):
-  """Whether every float of `tree` is finite, on every device of the `model` axis (which
-  hold different parts of a split layer)."""
-  checks = [jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
-            if jnp.issubdtype(x.dtype, jnp.inexact)]
-  finite = jnp.stack(checks).all()
-  if model_axis_size > 1:
-    finite = lax.pmin(finite.astype(jnp.int32), MODEL_AXIS) == 1
-  return finite
+@jax.jit
+def _every_float_finite(tree):
+  return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)
+                    if jnp.issubdtype(x.dtype, jnp.inexact)]).all()
+
+
+def state_is_finite(state) -> bool:
+  """Whether every parameter and optimiser value of `state` (global arrays, on the whole
+  mesh) is finite: one pass over the state, made before a save rather than in every step."""
+  return bool(_every_float_finite((state.params, state.opt_state)))
 
 
 def global_norm(grads, param_specs):

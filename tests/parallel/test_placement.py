@@ -209,7 +209,6 @@ def test_paper_towers_exchange_only_where_the_paper_does():
       ('reduce-scatter', hidden.replace('512]', '256]')): 2,
       ('reduce-scatter', classes.replace('10]', '5]')): 1,
       ('all-reduce', 'f32[]'): 1,                 # the gradient norm's sum of squares
-      ('all-reduce', 's32[]'): 1,                 # whether both towers' updates are finite
   }
   others = [(op, groups) for op, groups, _ in found if groups != MODEL_GROUPS]
   assert others and all(op == 'all-reduce' and groups == BATCH_GROUPS for op, groups in others)

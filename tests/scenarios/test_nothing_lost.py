@@ -90,7 +90,7 @@ def test_an_update_that_overflows_is_not_saved_and_the_last_finite_checkpoint_is
                                      log_every_steps=1, learning_rate=1e30,
                                      weight_decay=1e30), workdir)
   message = str(raised.value)
-  assert 'update' in message and 'not finite at step 3' in message
+  assert 'diverged at step 3: the update' in message and 'is not finite' in message
   assert f'the last good checkpoint is {tmp_path / "checkpoints" / "2"}' in message
   assert steps_saved(workdir) == [2]
   saved = saved_state(workdir, 2)
@@ -116,9 +116,9 @@ def test_a_non_finite_checkpoint_an_earlier_version_saved_is_set_aside(tmp_path,
                                                                        caplog):
   workdir = str(tmp_path)
   train.train_and_evaluate(plateau_config(2, lr_schedule='cosine'), workdir)
-  # As before the step checked its update: step 3 overflows and is saved all the same.
+  # As before the state was checked before a save: step 3 overflows and is saved all the same.
   with monkeypatch.context() as patched:
-    patched.setattr(steps, 'all_finite', lambda tree, model_axis_size: True)
+    patched.setattr(steps, 'state_is_finite', lambda state: True)
     with pytest.raises(errors.DivergenceError, match='step 4'):
       train.train_and_evaluate(plateau_config(4, lr_schedule='cosine', checkpoint_every_steps=1,
                                        log_every_steps=1, learning_rate=1e30,
