@@ -34,12 +34,17 @@ VARIANTS = {
     # "One weird trick" (Krizhevsky 2014), as torchvision's alexnet: one tower, no LRN.
     'owt': Variant((64, 192, 384, 256, 256), (1, 1, 1, 1, 1), towers=1, lrn=False,
                    initialization='pytorch'),
+    # The paper's one-GPU net (section 6, footnote): one tower, half the kernels of conv1 to
+    # conv4, but conv5 and the fully connected layers as large as the two towers' together,
+    # "to make the two nets have approximately the same number of parameters".
+    'paper_one_tower': Variant((48, 128, 192, 192, 256), (1, 1, 1, 1, 1), towers=1, lrn=True,
+                               initialization='caffe'),
 }
 
 # (kernel size, stride, padding) of conv1..conv5; padding 2 on conv1 turns 224 into 55.
 _CONV_GEOMETRY = ((11, 4, 2), (5, 1, 2), (3, 1, 1), (3, 1, 1), (3, 1, 1))
-_POOL_AFTER = (0, 1, 4)          # overlapping 3x3 / stride-2 max pooling after conv1, conv2, conv5
-_POOL_WINDOW, _POOL_STRIDE = 3, 2
+_POOL_AFTER = (0, 1, 4)          # max pooling after conv1, conv2 and conv5
+_POOL_WINDOW, _POOL_STRIDE = 3, 2   # the paper's overlapping pools: 3x3 windows, stride 2
 
 
 def map_sizes(image_size: int) -> list[tuple[str, int]]:
@@ -78,6 +83,11 @@ HIDDEN_UNITS = 4096
 # first of each today's form.
 OPTIONS = {'conv1': layers.CONV1_FORMS, 'max_pool': layers.MAX_POOLS,
            'lrn_gradient': layers.LRN_GRADIENTS, 'tower_layout': layers.TOWER_LAYOUTS}
+# The choices the paper measures in section 3 (fields of `AlexNet` and of the config), each
+# with the paper's first. Unlike the rewrites above, each changes the function.
+ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
+# 'non_overlapping': 2x2 windows, stride 2, "which produces output of equivalent dimensions".
+POOLINGS = ('overlapping', 'non_overlapping')
 
 
 def _split(features: int, split: int, what: str) -> int:
@@ -93,7 +103,7 @@ def _scaled(features: int, width: float, multiple: int) -> int:
 
 
 class AlexNet(nn.Module):
-  """AlexNet; `variant` is 'paper' or 'owt', `width` scales every layer's size.
+  """AlexNet; `variant` is one of VARIANTS, `width` scales every layer's size.
 
   `dtype` is the compute dtype (e.g. bfloat16); parameters stay float32 and
   the logits are returned in float32.
@@ -124,6 +134,10 @@ class AlexNet(nn.Module):
   max_pool: str = 'reduce_window'   # one of layers.MAX_POOLS
   lrn_gradient: str = 'autodiff'    # one of layers.LRN_GRADIENTS
   tower_layout: str = 'joined'      # one of layers.TOWER_LAYOUTS
+  # The paper's choices (section 3), which change the function.
+  activation: str = 'relu'          # one of ACTIVATIONS, after every layer but fc8
+  lrn: bool | None = None           # LRN after conv1 and conv2; None: the variant's own
+  pooling: str = 'overlapping'      # one of POOLINGS
 
   def _inits(self, name: str):
     scheme = self.initialization or VARIANTS[self.variant].initialization
@@ -145,7 +159,8 @@ class AlexNet(nn.Module):
     return lax.all_gather(x, self.model_axis, axis=axis % x.ndim, tiled=True)
 
   def _check_options(self):
-    for field, choices in OPTIONS.items():
+    for field, choices in (*OPTIONS.items(), ('activation', tuple(ACTIVATIONS)),
+                           ('pooling', POOLINGS)):
       if getattr(self, field) not in choices:
         raise ValueError(f'AlexNet: unknown {field} {getattr(self, field)!r}; choose one of '
                          f'{choices}.')
@@ -173,17 +188,25 @@ class AlexNet(nn.Module):
 
   def _after_conv(self, x, i: int, lrn_groups: int):
     """The ReLU, and the LRN and max pooling where the paper has them, after conv`i + 1`."""
-    lrn, pool = VARIANTS[self.variant].lrn and i < 2, i in _POOL_AFTER
+    with_lrn = VARIANTS[self.variant].lrn if self.lrn is None else self.lrn
+    lrn, pool = with_lrn and i < 2, i in _POOL_AFTER
+    activation = ACTIVATIONS[self.activation]
     if pool and not lrn and self.max_pool == 'slices':
-      # The max commutes with the ReLU, values and gradients alike: after the pool the ReLU
-      # touches 4x fewer values.
-      return nn.relu(layers.max_pool(x, _POOL_WINDOW, _POOL_STRIDE, self.max_pool))
-    x = nn.relu(x)
+      # The max commutes with the ReLU (and tanh), values and gradients alike: after the pool
+      # the activation touches 4x fewer values.
+      return activation(self._pool(x))
+    x = activation(x)
     if lrn:
       x = layers.LocalResponseNorm(groups=lrn_groups, gradient=self.lrn_gradient)(x)
-    if pool:
-      x = layers.max_pool(x, _POOL_WINDOW, _POOL_STRIDE, self.max_pool)
-    return x
+    return self._pool(x) if pool else x
+
+  def _pool(self, x):
+    if self.pooling == 'overlapping':
+      return layers.max_pool(x, _POOL_WINDOW, _POOL_STRIDE, self.max_pool)
+    # 2x2 windows, stride 2, over the rows and columns the overlapping pool covers: an even
+    # side's last row and column are left out, so that the maps are the same size.
+    kept = _POOL_STRIDE * ((x.shape[1] - _POOL_WINDOW) // _POOL_STRIDE + 1)
+    return layers.max_pool(x[:, :kept, :kept], 2, 2, self.max_pool)
 
   @nn.compact
   def __call__(self, images, *, train: bool):
@@ -204,13 +227,20 @@ class AlexNet(nn.Module):
     for name in ('fc6', 'fc7'):
       x = nn.Dense(_split(hidden_units(self.variant, self.width), split, name),
                    dtype=self.dtype, name=name, **self._inits(name))(x)
-      x = nn.relu(x)
+      x = ACTIVATIONS[self.activation](x)
       # The paper drops the output of each hidden neuron of fc6 and fc7.
       x = nn.Dropout(self.dropout_rate, deterministic=not train)(x)
       x = self._gather(x)   # fc7 and fc8 see every feature of the layer below
     x = nn.Dense(_split(self.num_classes, split, 'fc8 outputs (classes)'), dtype=self.dtype,
                  name='fc8', **self._inits('fc8'))(x)
     return self._gather(x).astype(jnp.float32)
+
+
+def choices_of(config) -> dict:
+  """The paper's choices (`AlexNet`'s activation, lrn and pooling) that `config` makes; a
+  config recorded before they were fields makes the paper's."""
+  return {'activation': config.get('activation', 'relu'), 'lrn': config.get('lrn'),
+          'pooling': config.get('pooling', POOLINGS[0])}
 
 
 def hidden_units(variant: str, width: float) -> int:

@@ -34,13 +34,14 @@ def _steps(steps: int, epochs: float, steps_per_epoch: int) -> int:
 
 
 def create_model(config, num_classes: int) -> models.AlexNet:
-  # The step's rewrites compute the same function: a config recorded before they were fields
-  # (an older workdir's model.json) gets the first form of each.
+  # A config recorded before the rewrites and the paper's choices were fields (an older
+  # workdir's model.json) gets the first form of each.
   options = {field: config.get(field, choices[0]) for field, choices in models.OPTIONS.items()}
   return models.AlexNet(num_classes=num_classes, variant=config.model, width=config.width,
                         dropout_rate=config.dropout_rate,
                         dtype=jnp.dtype(backend.compute_dtype(config.dtype)),
-                        initialization=config.initialization, **options)
+                        initialization=config.initialization, **options,
+                        **models.choices_of(config))
 
 
 def create_train_state(config, model, mesh, rate_schedule=None) -> train_state.TrainState:
@@ -144,7 +145,7 @@ class _Run:
                                         self.num_steps)
     self.loop_state = saved_state.LoopState(
         optim.PlateauController(config.learning_rate, **config.plateau),
-        global_batch_size=config.global_batch_size)
+        global_batch_size=config.global_batch_size, choices=saved_state.choices(config))
     self.checkpoints = checkpointing.Checkpoints(
         str(checkpointing.folder(workdir)), keep=config.keep_checkpoints,
         best_step=lambda: self.loop_state.best_step if config.keep_best_checkpoint else None)
@@ -152,12 +153,7 @@ class _Run:
                                  create_train_state(config, model, mesh, self.rate_schedule))
     self.start_step = int(jax.device_get(self.state.step))
     if saved is not None:
-      self.loop_state.load(saved)
-      change = saved_state.batch_size_change(self.start_step, saved.get('global_batch_size'),
-                                             config.global_batch_size, dataset.train_examples,
-                                             self.num_steps)
-      if change:
-        logging.warning('%s', change)
+      self.loop_state.resume(saved, self.start_step, dataset.train_examples, self.num_steps)
     checkpointing.check_space(storage.workdir_path(workdir), self.state,
                               config.keep_checkpoints + 2)
     self.train_step = steps.make_train_step(model, aug, config.seed, mesh)

@@ -20,9 +20,16 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   config = ml_collections.ConfigDict()
 
   # Model (section 3 of the paper).
-  config.model = 'paper'           # 'paper' (two towers, LRN) or 'owt' (one tower)
+  # 'paper' (two towers, LRN), 'owt' (one tower, no LRN: torchvision's) or 'paper_one_tower'
+  # (the paper's one-GPU comparison: one tower, half the kernels of conv1-conv4).
+  config.model = 'paper'
   config.width = 1.0               # multiplies every layer's size; 1.0 is the paper's
-  config.dropout_rate = 0.5
+  config.dropout_rate = 0.5        # of fc6's and fc7's outputs; 0 turns dropout off
+  # The paper's other choices, each measured against an alternative in section 3 (README,
+  # "The paper's claims"); a resume with another choice is refused.
+  config.activation = 'relu'       # 'relu' or 'tanh' (figure 1's saturating units)
+  config.lrn = config_dict.placeholder(bool)  # LRN after conv1, conv2; None: the model's own
+  config.pooling = 'overlapping'   # 'overlapping' (3x3, stride 2) or 'non_overlapping' (2x2)
   # How the weights and biases start. 'caffe': BVLC Caffe's reference AlexNet, the paper's
   # N(0, 0.01) weights but biases of 0.1 instead of 1 and fc6/fc7 weights N(0, 0.005); with
   # the paper's exact values ('paper': biases of 1) the loss stays flat (README). 'pytorch':
@@ -87,6 +94,9 @@ def get_config(variant: str = 'paper') -> ml_collections.ConfigDict:
   # (needs color_stats='computed').
   config.subtract_mean = 'pixel'
   config.std_rgb = (1.0, 1.0, 1.0)  # the paper feeds raw pixel values minus the mean
+  # Training's random patches and their reflections; off, the centre patch, unreflected.
+  config.random_patches = True
+  config.reflections = True
   # std of the PCA colour-shift coefficients; 0 turns it off.
   config.pca_lighting_std = imagenet_color.PCA_LIGHTING_STD
   # ImageNet's RGB principal components in 0-255 pixel units, eigenvectors as columns.

@@ -33,6 +33,11 @@ class Augmentation:
   pca_std: float = 0.0            # std of the alpha_i; 0: no colour shift
   pca_eigval: np.ndarray = dataclasses.field(default_factory=lambda: np.ones(3))
   pca_eigvec: np.ndarray = dataclasses.field(default_factory=lambda: np.eye(3))  # columns
+  # Off, training takes the centre patch (as evaluation does) and never reflects it: the
+  # paper's comparison without "this scheme", under which it "would have suffered from
+  # substantial overfitting".
+  random_patches: bool = True
+  reflections: bool = True
 
 
 def from_config(config, mean_image: np.ndarray | None = None) -> Augmentation:
@@ -46,7 +51,9 @@ def from_config(config, mean_image: np.ndarray | None = None) -> Augmentation:
                       std=np.asarray(config.std_rgb, np.float32),
                       pca_std=float(config.pca_lighting_std),
                       pca_eigval=np.asarray(config.pca_eigval, np.float32),
-                      pca_eigvec=np.asarray(config.pca_eigvec, np.float32))
+                      pca_eigvec=np.asarray(config.pca_eigvec, np.float32),
+                      random_patches=getattr(config, 'random_patches', True),
+                      reflections=getattr(config, 'reflections', True))
 
 
 def imagenet(image_size: int) -> Augmentation:
@@ -66,16 +73,20 @@ def example_keys(seed: int, step, rows) -> jax.Array:
 
 def train_images(aug: Augmentation, images, keys) -> jax.Array:
   """uint8 [B, S, S, 3] -> float32 [B, P, P, 3]: random patch, reflection, colour shift,
-  mean and std."""
+  mean and std (each draw that `aug` turns off left out, the others unchanged)."""
   return jax.vmap(lambda image, key: _train_image(aug, image, key))(images, keys)
 
 
 def _train_image(aug: Augmentation, image, key):
   offset_key, flip_key, light_key = jax.random.split(key, 3)
   slack = image.shape[0] - aug.image_size
-  y, x = jax.random.randint(offset_key, (2,), 0, slack + 1)
+  if aug.random_patches:
+    y, x = jax.random.randint(offset_key, (2,), 0, slack + 1)
+  else:
+    y = x = slack // 2
   patch = _patch(aug, image, y, x)
-  patch = jnp.where(jax.random.bernoulli(flip_key), patch[:, ::-1], patch)
+  if aug.reflections:
+    patch = jnp.where(jax.random.bernoulli(flip_key), patch[:, ::-1], patch)
   if aug.pca_std > 0:
     alpha = aug.pca_std * jax.random.normal(light_key, (3,))
     patch = patch + jnp.asarray(aug.pca_eigvec) @ (alpha * jnp.asarray(aug.pca_eigval))
