@@ -3,7 +3,6 @@ the paper describes its alternative, checked against TensorFlow's ops; at their 
 steps are the same programs as before the switches existed."""
 
 import json
-import pathlib
 
 import jax
 import jax.numpy as jnp

@@ -58,6 +58,16 @@ def create(config, global_batch_size: int, process_index: int = 0, process_count
   workers, threads = loader.auto_resources(
       config.data_workers if workers is None else workers, config.data_threads)
   reading = loader.Reading(process_index, process_count, workers=workers, threads=threads)
+  train, evaluation, classes, class_names = open_splits(config)
+  return loader.make_data(train, evaluation, name=config.dataset, num_classes=classes,
+                          image_size=config.resize_size, global_batch=global_batch_size,
+                          seed=config.seed, reading=reading, class_names=class_names,
+                          skip_damaged=config.get('skip_damaged_records', False))
+
+
+def open_splits(config) -> tuple[image_source.Split, image_source.Split, int, tuple[str, ...]]:
+  """The training and validation splits `config.dataset` names, of `config.resize_size`
+  squares, the class count and the class names (empty where the dataset names none)."""
   size = config.resize_size
   train_spec, eval_spec = splits.parse(config.train_split), splits.parse(config.eval_split)
   if config.dataset == 'synthetic':
@@ -86,10 +96,7 @@ def create(config, global_batch_size: int, process_index: int = 0, process_count
     classes, class_names = len(prepared.classes), prepared.classes
   train, evaluation = (image_source.Split(sources[spec], *spec.bounds(len(sources[spec])))
                        for spec in (train_spec, eval_spec))
-  return loader.make_data(train, evaluation, name=config.dataset, num_classes=classes,
-                          image_size=size, global_batch=global_batch_size, seed=config.seed,
-                          reading=reading, class_names=class_names,
-                          skip_damaged=config.get('skip_damaged_records', False))
+  return train, evaluation, classes, class_names
 
 
 def open_prepared(dataset: str, data_dir: str | None, size: int) -> store.Store:

@@ -1,0 +1,94 @@
+"""Figure 1's command: its net, its sweep and its reproducibility, on small images."""
+
+import json
+import pathlib
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from alexnet_jax.claims import figure1, four_layer_net
+from tests.conftest import write_image_folder
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+
+
+def test_the_four_layer_net_is_three_5x5_convolutions_and_one_fully_connected_layer():
+  params = jax.eval_shape(lambda: four_layer_net.FourLayerNet(10).init(
+      jax.random.key(0), jnp.zeros((1, 32, 32, 3))))['params']
+  assert {name: p['kernel'].shape for name, p in params.items()} == {
+      'conv1': (5, 5, 3, 32), 'conv2': (5, 5, 32, 32), 'conv3': (5, 5, 32, 64),
+      'fc': (4 * 4 * 64, 10)}
+  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
+  variables = four_layer_net.FourLayerNet(10).init(jax.random.key(0), images)
+  relu, tanh = (four_layer_net.FourLayerNet(10, units).apply(variables, images)
+                for units in ('relu', 'tanh'))
+  assert np.abs(np.asarray(relu - tanh)).max() > 1e-3
+
+
+def _images(n=256, seed=0):
+  """Images of 4 classes, each a brightness band with noise: learnable in a few epochs."""
+  rng = np.random.default_rng(seed)
+  labels = rng.integers(0, 4, n).astype(np.int32)
+  images = (rng.integers(0, 120, (n, 32, 32, 3)) + 40 * labels[:, None, None, None])
+  return images.astype(np.uint8), labels
+
+
+SMALL = figure1.Settings(epochs=3, sweep_epochs=1, rates=(0.001, 0.01), batch_size=64)
+
+
+def test_the_sweep_chooses_the_lowest_error_and_that_run_goes_on_reproducibly():
+  images, labels = _images()
+  first = figure1.run(images, labels, 4, SMALL, log=lambda line: None)
+  for name in figure1.ACTIVATIONS:
+    sweep = first.sweep[name]
+    assert first.chosen[name] == min(sweep, key=lambda r: (sweep[r][-1], r))
+    assert first.curves[name][:1] == sweep[first.chosen[name]]
+    assert len(first.curves[name]) == 3 and all(0 <= e <= 1 for e in first.curves[name])
+  assert first.curves['relu'][-1] < 0.5   # it learns: 4 classes, chance is 75% error
+  again = figure1.run(images, labels, 4, SMALL, log=lambda line: None)
+  assert again.curves == first.curves and again.sweep == first.sweep
+
+
+def test_epochs_to_the_threshold_and_the_summary_line():
+  result = figure1.Result(sweep={}, chosen={'relu': 0.01, 'tanh': 0.01},
+                          curves={'relu': [0.6, 0.3, 0.25, 0.1], 'tanh': [0.7, 0.5, 0.4, 0.3]})
+  assert result.epochs_to(0.25) == {'relu': 3, 'tanh': None}
+  assert figure1.summary(result, 0.25) == (
+      'relu reached 25% training error at epoch 3; tanh did not reach 25% training error in '
+      '4 epochs.')
+  result.curves['tanh'][-1] = 0.2
+  assert figure1.summary(result, 0.25).endswith(
+      'tanh took 1.3 times as many epochs as ReLU (the paper: six times).')
+
+
+def test_the_command_on_a_folder_writes_the_figure_and_ends_with_the_claim(tmp_path):
+  folder = write_image_folder(tmp_path / 'images', train=50, val=2)
+  out = tmp_path / 'figure'
+  done = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.commands.figure1',
+       f'--dataset=image_folder:{folder}', f'--out={out}', '--epochs=2', '--sweep_epochs=1',
+       '--rates=0.003,0.01'], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.strip().splitlines()
+  assert lines[0] == '150 training images of 32x32, 3 classes.'
+  record = json.loads((out / 'figure1.json').read_text())
+  assert record['examples'] == 150 and set(record['chosen'].values()) <= {0.003, 0.01}
+  assert all(len(curve) == 2 for curve in record['curves'].values())
+  assert lines[-1] == figure1.summary(figure1.Result(
+      sweep={}, chosen=record['chosen'], curves=record['curves']), 0.25)
+  from PIL import Image
+  with Image.open(out / 'figure1.png') as png:
+    assert png.size == (600, 450)
+
+
+def test_a_sweep_longer_than_the_run_is_refused(tmp_path):
+  done = subprocess.run(
+      [sys.executable, '-m', 'alexnet_jax.commands.figure1', '--dataset=nowhere',
+       f'--out={tmp_path}', '--epochs=2', '--sweep_epochs=3'],
+      cwd=ROOT, capture_output=True, text=True, timeout=120)
+  assert done.returncode != 0
+  assert '--sweep_epochs=3 must be from 1 to --epochs=2' in done.stderr
+  assert not any(tmp_path.iterdir())
