@@ -89,6 +89,7 @@ def test_a_cosine_schedule_sets_each_steps_rate_and_a_resumed_run_continues_it(t
   assert_same_tree(a['opt_state'], b['opt_state'])
 
 
+@pytest.mark.slow   # the demo's config end to end; the README measures its whole run
 def test_demo_config_runs(tmp_path):
   config = alexnet.get_config('demo')
   config.num_train_steps = 10

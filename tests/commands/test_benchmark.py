@@ -80,6 +80,7 @@ def test_command_runs_a_configuration_in_its_own_process_with_the_flags_given():
   assert 'PyTorch peer: off (--torch=off)' in output.splitlines()
 
 
+@pytest.mark.slow   # a whole command in a process of its own
 @pytest.mark.skipif(importlib.util.find_spec('torch') is not None,
                     reason='torch is installed here: tests/benchmarking/test_torch_peer.py times the peer')
 def test_command_says_in_a_line_that_torch_is_absent_and_times_jax_alone():
@@ -208,6 +209,7 @@ def test_rewrites_round_counts_the_models_own_flops_not_the_blocks_zero_taps():
   assert on_blocks - benchmark.forward_flops(models.AlexNet(variant='owt'), 224) == zero_taps
 
 
+@pytest.mark.slow   # a whole round, every table of it
 def test_the_gpu_round_runs_on_the_cpu_with_the_stand_in_decoder(tmp_path):
   """`benchmark_gpu_feed --smoke`: every row of the round, on a small store, with no
   TensorFlow, clu or ml_collections imported."""

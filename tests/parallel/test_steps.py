@@ -194,14 +194,19 @@ def test_two_devices_take_the_papers_update_written_out_with_mean_std_and_colour
   assert_same_updates(jax.device_get(state.params), ref_params, init)
 
 
-def _one_step(config, devices, batch, step_number=0):
+def _one_step(config, devices, batch, step_numbers=(0,)):
+  """(loss, parameters) after one step from the initial state numbered each of
+  `step_numbers`, by one compiled step."""
   mesh = placement.make_mesh(devices)
   model = train.create_model(config, num_classes=10)
-  state = train.create_train_state(config, model, mesh)
-  state = state.replace(step=jax.device_put(np.int32(step_number), state.step.sharding))
   step = steps.make_train_step(model, _centre(config), config.seed, mesh)
-  state, metrics = step(state, placement.shard_batch(batch, mesh))
-  return float(metrics['loss']), jax.device_get(state.params)
+  results = []
+  for number in step_numbers:
+    state = train.create_train_state(config, model, mesh)   # the step donates its state
+    state = state.replace(step=jax.device_put(np.int32(number), state.step.sharding))
+    state, metrics = step(state, placement.shard_batch(batch, mesh))
+    results.append((float(metrics['loss']), jax.device_get(state.params)))
+  return results[0] if len(results) == 1 else results
 
 
 def test_dropout_masks_differ_from_step_to_step_and_from_device_to_device():
@@ -218,8 +223,7 @@ def test_dropout_masks_differ_from_step_to_step_and_from_device_to_device():
     config.dropout_rate = rate
     one_loss, one = _one_step(config, jax.devices()[:1], half)
     config.global_batch_size *= 2
-    two_loss, two = _one_step(config, jax.devices()[:2], twice)
-    later_loss, _ = _one_step(config, jax.devices()[:2], twice, step_number=1)
+    (two_loss, two), (later_loss, _) = _one_step(config, jax.devices()[:2], twice, (0, 1))
     config.global_batch_size //= 2
     # Device 1 with its own masks makes the two-device step differ from device 0's alone.
     differs = not np.allclose(two['fc7']['kernel'], one['fc7']['kernel'], rtol=1e-5, atol=1e-7)
