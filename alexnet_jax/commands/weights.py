@@ -25,13 +25,17 @@ from absl import flags
 from etils import epath
 from flax.training import train_state
 
-from alexnet_jax import command_line, optim, train
+from alexnet_jax import command_line, models, optim, train
 from alexnet_jax.errors import ConfigError, UserFacingError
 from alexnet_jax.interop import class_names, torch_file, torch_save, torchvision_layout
+from alexnet_jax.loop import saved_state
 from alexnet_jax.parallel import distributed
 from alexnet_jax.workdir import checkpointing, model_record, orbax_logs, storage, trained
 
 IMPORTED_STEP = 0
+# What torchvision's AlexNet computes, of the paper's choices (`models.choices_of`).
+_TORCHVISION_CHOICES = {'activation': ('relu',), 'lrn': (None, False),
+                        'pooling': ('overlapping',)}
 
 
 def import_weights(source: str, workdir: str, config) -> dict:
@@ -63,7 +67,7 @@ def import_weights(source: str, workdir: str, config) -> dict:
                                            keep=config.keep_checkpoints)
   try:
     checkpoints.save(state, {'plateau': plateau.state_dict(), 'best_top1_error': None,
-                             'pending_eval': False})
+                             'pending_eval': False, 'choices': saved_state.choices(config)})
   finally:
     checkpoints.close()
   model_record.write(str(root), config, names, source=str(source))
@@ -85,6 +89,13 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
     raise ConfigError(f"{workdir} holds a {config.model!r} AlexNet; only 'owt' has "
                       "torchvision's layout (the paper's two towers and LRN have no "
                       'torchvision counterpart).')
+  choices = models.choices_of(config)
+  unlike = {k: v for k, v in choices.items() if v not in _TORCHVISION_CHOICES[k]}
+  if unlike:
+    raise ConfigError(
+        f'{workdir} holds an owt AlexNet with {", ".join(f"{k}={v!r}" for k, v in unlike.items())}'
+        ": torchvision's AlexNet has ReLUs, no LRN and overlapping pools, so its weights "
+        'there would compute another function.')
   params, step = trained.restore_saved_params(workdir, which)
   try:
     state_dict = torchvision_layout.to_torchvision(params)

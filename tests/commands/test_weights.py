@@ -157,6 +157,19 @@ def test_a_workdir_with_checkpoints_is_refused_and_left_as_it_was(imported):
   assert_same_tree(saved_state(workdir, 0), before)
 
 
+@pytest.mark.parametrize('choice', [{'activation': 'tanh'}, {'lrn': True},
+                                    {'pooling': 'non_overlapping'}])
+def test_an_owt_with_choices_torchvision_lacks_is_not_exported(imported, tmp_path, choice):
+  workdir, _ = imported
+  config = alexnet.get_config('torchvision')
+  config.update(choice)
+  (field, value), = choice.items()
+  with pytest.raises(errors.ConfigError, match=f"an owt AlexNet with {field}={value!r}: "
+                     "torchvision's AlexNet has ReLUs, no LRN and overlapping pools"):
+    weights.export_weights(workdir, str(tmp_path / 'out.pth'), 'latest', config)
+  assert not (tmp_path / 'out.pth').exists()
+
+
 def test_only_an_owt_on_224_patches_exports(tmp_path):
   shapes = torchvision_layout.param_shapes(width=1 / 64, num_classes=10)
   params = {layer: {k: np.zeros(s, np.float32) for k, s in layer_shapes.items()}
