@@ -82,5 +82,5 @@ def test_an_unknown_variant_is_answered_with_the_configs_own_message():
   assert 'Traceback' not in result.stderr
   assert re.fullmatch(
       r"error: --config=configs/alexnet\.py:dmeo: Unknown config variant 'dmeo': use paper, "
-      r'owt, demo, imagenette or torchvision\. \(ValueError at configs/alexnet\.py:\d+\)',
+      r'owt, demo, imagenette, claims or torchvision\. \(ValueError at configs/alexnet\.py:\d+\)',
       result.stderr.strip().splitlines()[-1])

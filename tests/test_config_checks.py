@@ -67,5 +67,5 @@ def test_model_splits_the_network_cannot_take_are_named():
 
 def test_unknown_variant_of_the_config_file_is_named():
   from configs import alexnet
-  with pytest.raises(ValueError, match='paper, owt, demo, imagenette or torchvision'):
+  with pytest.raises(ValueError, match='paper, owt, demo, imagenette, claims or torchvision'):
     alexnet.get_config('resnet')
