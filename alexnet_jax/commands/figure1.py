@@ -14,6 +14,7 @@ net reached 25% training error and their ratio.
 import dataclasses
 import json
 import pathlib
+import sys
 
 import matplotlib
 import numpy as np
@@ -22,26 +23,9 @@ from absl import app, flags
 matplotlib.use('Agg')   # files only, no display
 from matplotlib import pyplot as plt  # noqa: E402  (after the backend is chosen)
 
-from alexnet_jax import data  # noqa: E402
+from alexnet_jax import data, errors  # noqa: E402
 from alexnet_jax.claims import figure1  # noqa: E402
 from configs import alexnet  # noqa: E402
-
-_DATASET = flags.DEFINE_string('dataset', None, 'A store prepared at 32x32 (a name in '
-                               '--data_dir, or a path) or image_folder:ROOT.', required=True)
-_DATA_DIR = flags.DEFINE_string('data_dir', None, 'Where named stores are (default '
-                                f'{data.DEFAULT_DATA_DIR}).')
-_OUT = flags.DEFINE_string('out', None, 'The folder the figure and its numbers go to.',
-                           required=True)
-_SIZE = flags.DEFINE_integer('size', 32, 'The side of the images, as stored or resized to.')
-_SEED = flags.DEFINE_integer('seed', 0, 'Initial parameters and every epoch\'s order.')
-_EPOCHS = flags.DEFINE_integer('epochs', figure1.Settings.epochs, 'Epochs of each net.')
-_SWEEP_EPOCHS = flags.DEFINE_integer('sweep_epochs', figure1.Settings.sweep_epochs,
-                                     'Epochs each rate of the sweep trains before one is chosen.')
-_RATES = flags.DEFINE_list('rates', [str(r) for r in figure1.Settings.rates],
-                           'The learning rates of the sweep.')
-_EXAMPLES = flags.DEFINE_integer('examples', 0, 'Train on the first N images only (0: all); '
-                                 'for a quick check.')
-
 
 def read_training_images(dataset: str, data_dir: str | None, size: int, examples: int = 0):
   """(uint8 [N, size, size, 3], int32 [N], the class count) of the training split."""
@@ -71,21 +55,25 @@ def plot(result: figure1.Result, threshold: float, path: pathlib.Path) -> None:
 
 def main(argv):
   del argv
-  settings = figure1.Settings(epochs=_EPOCHS.value, sweep_epochs=_SWEEP_EPOCHS.value,
-                              rates=tuple(float(r) for r in _RATES.value), seed=_SEED.value)
+  FLAGS = flags.FLAGS
+  settings = figure1.Settings(epochs=FLAGS.epochs, sweep_epochs=FLAGS.sweep_epochs,
+                              rates=tuple(float(r) for r in FLAGS.rates), seed=FLAGS.seed)
   if not 1 <= settings.sweep_epochs <= settings.epochs:
     raise app.UsageError(f'--sweep_epochs={settings.sweep_epochs} must be from 1 to '
                          f'--epochs={settings.epochs}.')
-  images, labels, num_classes = read_training_images(_DATASET.value, _DATA_DIR.value,
-                                                     _SIZE.value, _EXAMPLES.value)
-  print(f'{len(labels)} training images of {_SIZE.value}x{_SIZE.value}, {num_classes} classes.',
+  try:
+    images, labels, num_classes = read_training_images(FLAGS.dataset, FLAGS.data_dir,
+                                                       FLAGS.size, FLAGS.examples)
+  except errors.UserFacingError as e:
+    sys.exit(f'error: {e}')
+  print(f'{len(labels)} training images of {FLAGS.size}x{FLAGS.size}, {num_classes} classes.',
         flush=True)
   result = figure1.run(images, labels, num_classes, settings,
                        log=lambda line: print(line, flush=True))
-  out = pathlib.Path(_OUT.value)
+  out = pathlib.Path(FLAGS.out)
   out.mkdir(parents=True, exist_ok=True)
   plot(result, settings.threshold, out / 'figure1.png')
-  record = {'dataset': _DATASET.value, 'examples': len(labels), 'size': _SIZE.value,
+  record = {'dataset': FLAGS.dataset, 'examples': len(labels), 'size': FLAGS.size,
             'settings': dataclasses.asdict(settings),
             'chosen': result.chosen, 'curves': result.curves,
             'sweep': {name: {str(r): e for r, e in runs.items()}
@@ -98,4 +86,20 @@ def main(argv):
 
 
 if __name__ == '__main__':
+  # Flags only when run as a command, so that tests can import it.
+  flags.DEFINE_string('dataset', None, 'A store prepared at 32x32 (a name in --data_dir, or a '
+                      'path) or image_folder:ROOT.', required=True)
+  flags.DEFINE_string('data_dir', None, 'Where named stores are (default '
+                      f'{data.DEFAULT_DATA_DIR}).')
+  flags.DEFINE_string('out', None, 'The folder the figure and its numbers go to.',
+                      required=True)
+  flags.DEFINE_integer('size', 32, 'The side of the images, as stored or resized to.')
+  flags.DEFINE_integer('seed', 0, 'Initial parameters and every epoch\'s order.')
+  flags.DEFINE_integer('epochs', figure1.Settings.epochs, 'Epochs of each net.')
+  flags.DEFINE_integer('sweep_epochs', figure1.Settings.sweep_epochs,
+                       'Epochs each rate of the sweep trains before one is chosen.')
+  flags.DEFINE_list('rates', [str(r) for r in figure1.Settings.rates],
+                    'The learning rates of the sweep.')
+  flags.DEFINE_integer('examples', 0, 'Train on the first N images only (0: all); for a quick '
+                       'check.')
   app.run(main)
