@@ -188,8 +188,7 @@ class AlexNet(nn.Module):
 
   def _after_conv(self, x, i: int, lrn_groups: int):
     """The ReLU, and the LRN and max pooling where the paper has them, after conv`i + 1`."""
-    with_lrn = VARIANTS[self.variant].lrn if self.lrn is None else self.lrn
-    lrn, pool = with_lrn and i < 2, i in _POOL_AFTER
+    lrn, pool = with_lrn(self.variant, self.lrn) and i < 2, i in _POOL_AFTER
     activation = ACTIVATIONS[self.activation]
     if pool and not lrn and self.max_pool == 'slices':
       # The max commutes with the ReLU (and tanh), values and gradients alike: after the pool
@@ -237,10 +236,19 @@ class AlexNet(nn.Module):
 
 
 def choices_of(config) -> dict:
-  """The paper's choices (`AlexNet`'s activation, lrn and pooling) that `config` makes; a
-  config recorded before they were fields makes the paper's."""
-  return {'activation': config.get('activation', 'relu'), 'lrn': config.get('lrn'),
+  """The paper's choices (`AlexNet`'s activation, lrn and pooling) that `config` makes, LRN
+  as on or off; a config recorded before they were fields makes the paper's."""
+  return {'activation': config.get('activation', 'relu'),
+          'lrn': with_lrn(config.model, config.get('lrn')),
           'pooling': config.get('pooling', POOLINGS[0])}
+
+
+def with_lrn(variant: str, lrn: bool | None) -> bool | None:
+  """Whether `variant` has LRN after conv1 and conv2 when `lrn` (None: the variant's own) says
+  so; None for a variant that does not exist (`AlexNet` names it)."""
+  if lrn is not None or variant not in VARIANTS:
+    return lrn
+  return VARIANTS[variant].lrn
 
 
 def hidden_units(variant: str, width: float) -> int:

@@ -93,7 +93,7 @@ class _Net:
       params, opt_state, n = self.step(params, opt_state, self.images[rows], self.labels[rows])
       wrong.append(n)
     error = float(np.sum(jax.device_get(wrong))) / (len(wrong) * batch)
-    finite = all(bool(jnp.all(jnp.isfinite(p))) for p in jax.tree.leaves(params))
+    finite = bool(jnp.all(jnp.stack([jnp.all(jnp.isfinite(p)) for p in jax.tree.leaves(params)])))
     return (params, opt_state), error if finite and math.isfinite(error) else 1.0
 
 

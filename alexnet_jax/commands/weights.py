@@ -34,8 +34,7 @@ from alexnet_jax.workdir import checkpointing, model_record, orbax_logs, storage
 
 IMPORTED_STEP = 0
 # What torchvision's AlexNet computes, of the paper's choices (`models.choices_of`).
-_TORCHVISION_CHOICES = {'activation': ('relu',), 'lrn': (None, False),
-                        'pooling': ('overlapping',)}
+_TORCHVISION_CHOICES = {'activation': 'relu', 'lrn': False, 'pooling': 'overlapping'}
 
 
 def import_weights(source: str, workdir: str, config) -> dict:
@@ -90,7 +89,7 @@ def export_weights(workdir: str, target: str, which: str, config=None) -> dict:
                       "torchvision's layout (the paper's two towers and LRN have no "
                       'torchvision counterpart).')
   choices = models.choices_of(config)
-  unlike = {k: v for k, v in choices.items() if v not in _TORCHVISION_CHOICES[k]}
+  unlike = {k: v for k, v in choices.items() if v != _TORCHVISION_CHOICES[k]}
   if unlike:
     raise ConfigError(
         f'{workdir} holds an owt AlexNet with {", ".join(f"{k}={v!r}" for k, v in unlike.items())}'

@@ -66,10 +66,9 @@ def batch_size_change(step: int, saved: int | None, batch: int, train_examples: 
 def choices(config) -> dict:
   """The paper's choices that `config` makes and a checkpoint records (README, "The paper's
   claims"): those that leave the parameters' shapes as they are."""
-  lrn = config.lrn if config.lrn is not None else models.VARIANTS[config.model].lrn
-  return {'activation': config.activation, 'lrn': lrn, 'pooling': config.pooling,
-          'dropout_rate': config.dropout_rate, 'random_patches': config.random_patches,
-          'reflections': config.reflections, 'pca_lighting_std': config.pca_lighting_std}
+  return {**models.choices_of(config), 'dropout_rate': config.dropout_rate,
+          'random_patches': config.random_patches, 'reflections': config.reflections,
+          'pca_lighting_std': config.pca_lighting_std}
 
 
 def _check_same_choices(saved: dict | None, here: dict | None) -> None:
