@@ -11,8 +11,12 @@ import pytest
 # 2 simulated devices; tests/parallel/test_placement.py runs its checks again in a process of 4.
 NUM_DEVICES = int(os.environ.get('ALEXNET_TEST_DEVICES', '2'))
 os.environ['JAX_PLATFORMS'] = 'cpu'
+# XLA's CPU backend without LLVM's optimisations: the tests' tiny models spend seconds compiling
+# each step and milliseconds running it, and this halves the compile (the same XLA program and
+# fusions; only the machine code is less tuned). `process_env` passes it on to test processes.
+FAST_COMPILE = '--xla_backend_optimization_level=0'
 os.environ['XLA_FLAGS'] = (os.environ.get('XLA_FLAGS', '') +
-                           f' --xla_force_host_platform_device_count={NUM_DEVICES}')
+                           f' --xla_force_host_platform_device_count={NUM_DEVICES} {FAST_COMPILE}')
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 # One XLA compilation cache for the run, shared with the processes the tests start: many tests
 # train the same tiny model, and each new run compiles the same steps again; a hit skips XLA.
@@ -33,6 +37,13 @@ def _check_devices():
   assert jax.device_count() == NUM_DEVICES, (
       f'expected {NUM_DEVICES} simulated CPU devices, got {jax.devices()}: '
       'was JAX imported before tests/conftest.py set XLA_FLAGS?')
+
+
+def process_env(devices: int = NUM_DEVICES) -> dict:
+  """The environment of a process a test starts: JAX on `devices` simulated CPU devices,
+  compiled as in the tests themselves."""
+  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
+          'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices} {FAST_COMPILE}'}
 
 
 def tiny_config(variant: str = 'demo'):

@@ -2,7 +2,6 @@
 step's forward pass; ImageNet wnids shown by their WordNet words; unreadable images named."""
 
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from alexnet_jax.parallel import placement, steps
 from alexnet_jax.workdir import color_stats, trained
 from configs import alexnet
 from tests.commands import test_weights
-from tests.conftest import IMAGENETTE, NUM_DEVICES
+from tests.conftest import IMAGENETTE, process_env
 from tests.data.test_image_files import finishes_within
 from tests.data.test_prepare import add_hostile_files
 
@@ -181,8 +180,7 @@ def test_the_command_prints_json_and_exits_1_naming_the_bad_image(imported, tmp_
   _, workdir, root = imported
   bad = tmp_path / 'bad.jpg'
   bad.write_bytes(b'\xff\xd8 not really a JPEG')
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  env = process_env()
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.commands.classify', f'--workdir={workdir}', '--json',
        str(root / 'val' / 'n03888257'), str(bad)], cwd=ROOT, env=env, capture_output=True,

@@ -1,6 +1,5 @@
 """Evaluating trained workdirs without training: latest, best, a step, and ensembles."""
 
-import os
 import pathlib
 import subprocess
 import sys
@@ -9,7 +8,7 @@ import pytest
 
 from alexnet_jax import errors, train
 from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
-from tests.conftest import NUM_DEVICES, run_config
+from tests.conftest import process_env, run_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -54,8 +53,7 @@ def test_a_missing_checkpoint_is_named(workdirs, tmp_path):
 def test_command_prints_each_model_and_the_ensemble(workdirs):
   tiny = dict(width=0.125, image_size=64, resize_size=73, global_batch_size=8,
               **{'synthetic.train_examples': 64, 'synthetic.eval_examples': 13})
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  env = process_env()
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.commands.evaluate_workdirs', '--config=configs/alexnet.py:demo',
        f'--workdirs={",".join(workdirs)}', *[f'--config.{k}={v}' for k, v in tiny.items()]],

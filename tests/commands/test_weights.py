@@ -4,7 +4,6 @@ bad files and bad workdirs are named."""
 
 import importlib.util
 import json
-import os
 import pathlib
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from alexnet_jax.commands import weights
 from alexnet_jax.interop import class_names, torch_file, torch_save, torchvision_layout
 from alexnet_jax.workdir import model_record, trained
 from configs import alexnet
-from tests.conftest import NUM_DEVICES, assert_same_tree, saved_state
+from tests.conftest import assert_same_tree, process_env, saved_state
 
 DATA = pathlib.Path(__file__).resolve().parents[1] / 'fixtures'
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -196,8 +195,7 @@ def test_pytorch_loads_an_export_into_torchvisions_alexnet(imported, tmp_path):
 
 @pytest.mark.slow
 def test_the_import_command(tmp_path):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  env = process_env()
   result = subprocess.run(
       [sys.executable, '-m', 'alexnet_jax.commands.weights', 'import', f'--from={FIXTURE}',
        f'--workdir={tmp_path / "work"}'], cwd=ROOT, env=env, capture_output=True, text=True,

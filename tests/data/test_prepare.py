@@ -17,7 +17,7 @@ from PIL import Image
 
 from alexnet_jax import data
 from alexnet_jax.data import prepare, store
-from tests.conftest import IMAGENETTE, NUM_DEVICES
+from tests.conftest import IMAGENETTE, process_env
 from tests.data.test_decode import handmade_png
 from tests.data.test_image_files import finishes_within
 
@@ -26,11 +26,6 @@ needs_imagenette = pytest.mark.skipif(
     not IMAGENETTE.is_dir(),
     reason=f'needs real JPEGs in {IMAGENETTE} (the shared data folder beside the checkout)')
 WNIDS = ('n01440764', 'n02102040')
-
-
-def _env():
-  return {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-          'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
 
 
 def _add(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
@@ -67,7 +62,7 @@ def test_imagenet_tars_to_a_store_then_training_and_a_resume(ilsvrc_tars, tmp_pa
       [sys.executable, '-m', 'alexnet_jax.commands.prepare', '--source=imagenet2012',
        f'--manual_dir={ilsvrc_tars}', f'--tfds_data_dir={tmp_path / "tfds"}', f'--out={out}',
        '--size=73', '--workers=2'],
-      cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=600)
+      cwd=ROOT, env=process_env(), capture_output=True, text=True, timeout=600)
   assert prepared.returncode == 0, prepared.stderr[-3000:]
   assert f'--config.dataset={out} --config.resize_size=73' in prepared.stdout
   imagenet = store.open_store(out)
@@ -82,11 +77,11 @@ def test_imagenet_tars_to_a_store_then_training_and_a_resume(ilsvrc_tars, tmp_pa
       eval_every_steps=3, log_every_steps=1, data_workers=0).items()]
   command = [sys.executable, 'main.py', '--config=configs/alexnet.py:owt',
              f'--workdir={tmp_path / "work"}', *flags]
-  first = subprocess.run(command + ['--config.num_train_steps=3'], cwd=ROOT, env=_env(),
+  first = subprocess.run(command + ['--config.num_train_steps=3'], cwd=ROOT, env=process_env(),
                          capture_output=True, text=True, timeout=600)
   assert first.returncode == 0, first.stderr[-3000:]
   assert 'eval/examples=4' in first.stderr
-  second = subprocess.run(command + ['--config.num_train_steps=5'], cwd=ROOT, env=_env(),
+  second = subprocess.run(command + ['--config.num_train_steps=5'], cwd=ROOT, env=process_env(),
                           capture_output=True, text=True, timeout=600)
   assert second.returncode == 0, second.stderr[-3000:]
   assert 'Restored the checkpoint of step 3' in second.stderr

@@ -23,7 +23,7 @@ from alexnet_jax.commands.evaluate_workdirs import evaluate_workdirs
 from alexnet_jax.data import prepare
 from alexnet_jax.data.host_batch import DecodeSplit
 from alexnet_jax.loop import summaries
-from tests.conftest import (NUM_DEVICES, assert_same_tree, run_config, saved_state,
+from tests.conftest import (assert_same_tree, process_env, run_config, saved_state,
                             write_image_folder)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -279,8 +279,7 @@ def test_main_prints_the_message_alone_with_decoding_processes(pristine, tmp_pat
   _invert_record(store, TRAIN_SHARD, TRAIN_RECORD)
   step = _steps_reading(pristine, 2 * PER_SHARD + TRAIN_RECORD, 6)[0]
   workdir = tmp_path / 'run'
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  env = process_env()
   flags = [f'--config.{k}={v}' for k, v in dict(
       dataset=store, width=0.125, image_size=64, resize_size=73, global_batch_size=8,
       num_train_steps=12, eval_every_steps=1000, data_workers=2, data_threads=1).items()]

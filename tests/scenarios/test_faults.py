@@ -18,15 +18,13 @@ from alexnet_jax import errors, train
 from alexnet_jax.benchmarking import processes
 from alexnet_jax.loop import stopping
 from alexnet_jax.workdir import trained
-from tests.conftest import (NUM_DEVICES, assert_same_tree, plateau_config, saved_state,
-                            steps_saved)
+from tests.conftest import assert_same_tree, plateau_config, process_env, saved_state, steps_saved
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def _start_main(workdir, num_train_steps, data_workers=0):
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  env = process_env()
   flags = [f'--config.{k}={v}' for k, v in dict(
       width=0.125, image_size=64, resize_size=73, global_batch_size=8, log_every_steps=2,
       checkpoint_every_steps=5, eval_every_steps=1000, num_train_steps=num_train_steps,

@@ -16,7 +16,7 @@ import pytest
 
 from alexnet_jax import train
 from alexnet_jax.workdir import lock
-from tests.conftest import tiny_config
+from tests.conftest import process_env, tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow   # processes joined over 127.0.0.1: 20 to 35 s each
@@ -36,8 +36,7 @@ def _start_two(workdir, num_train_steps, heartbeat=100, devices_each=1, settings
   `workdir` may be a pair, one each."""
   workdirs = workdir if isinstance(workdir, (list, tuple)) else [workdir] * 2
   port = _free_port()
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={devices_each}'}
+  env = process_env(devices_each)
   flags = [f'--config.{k}={v}' for k, v in (settings or SETTINGS).items()]
   flags += [f'--config.num_train_steps={num_train_steps}', '--config.synthetic.eval_examples=13',
             '--config.synthetic.train_examples=64']

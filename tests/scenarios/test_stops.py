@@ -17,7 +17,7 @@ import pytest
 from alexnet_jax import data, train
 from alexnet_jax.benchmarking import processes
 from alexnet_jax.data import image_source, synthetic
-from tests.conftest import NUM_DEVICES, assert_same_tree, run_config, saved_state
+from tests.conftest import assert_same_tree, process_env, run_config, saved_state
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 # The paper's plateau rule: a rate set by the step alone, not by the run's length (the demo's
@@ -38,8 +38,7 @@ def _newest(workdir) -> int | None:
 
 def _start(workdir, num_train_steps, **overrides):
   """main.py in a process group of its own, as a terminal starts a command."""
-  env = {**os.environ, 'JAX_PLATFORMS': 'cpu', 'TF_CPP_MIN_LOG_LEVEL': '2',
-         'XLA_FLAGS': f'--xla_force_host_platform_device_count={NUM_DEVICES}'}
+  env = process_env()
   flags = [f'--config.{k}={v}' for k, v in {
       **SETTINGS, 'num_train_steps': num_train_steps, 'synthetic.train_examples': 64,
       'synthetic.eval_examples': 13, **overrides}.items()]
