@@ -54,9 +54,8 @@ def _model(config) -> list[str]:
       _unknown(config, 'model', sorted(models.VARIANTS)),
       _unknown(config, 'initialization', models.INITIALIZATIONS),
       _unknown(config, 'dtype', DTYPES),
-      *(_unknown(config, field, choices) for field, choices in models.OPTIONS.items()),
-      _unknown(config, 'activation', tuple(models.ACTIVATIONS)),
-      _unknown(config, 'pooling', models.POOLINGS),
+      *(_unknown(config, field, choices)
+        for field, choices in {**models.OPTIONS, **models.CHOICES}.items()),
       (config.width > 0, f'width={config.width} must be positive (1.0 is the paper\'s size).'),
       (0 <= config.dropout_rate < 1, f'dropout_rate={config.dropout_rate} must be in [0, 1).'))
   if config.image_size > 0:

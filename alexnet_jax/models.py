@@ -88,6 +88,8 @@ OPTIONS = {'conv1': layers.CONV1_FORMS, 'max_pool': layers.MAX_POOLS,
 ACTIVATIONS = {'relu': nn.relu, 'tanh': jnp.tanh}
 # 'non_overlapping': 2x2 windows, stride 2, "which produces output of equivalent dimensions".
 POOLINGS = ('overlapping', 'non_overlapping')
+# The fields that name a choice (LRN is a bool), with their values.
+CHOICES = {'activation': tuple(ACTIVATIONS), 'pooling': POOLINGS}
 
 
 def _split(features: int, split: int, what: str) -> int:
@@ -159,8 +161,7 @@ class AlexNet(nn.Module):
     return lax.all_gather(x, self.model_axis, axis=axis % x.ndim, tiled=True)
 
   def _check_options(self):
-    for field, choices in (*OPTIONS.items(), ('activation', tuple(ACTIVATIONS)),
-                           ('pooling', POOLINGS)):
+    for field, choices in {**OPTIONS, **CHOICES}.items():
       if getattr(self, field) not in choices:
         raise ValueError(f'AlexNet: unknown {field} {getattr(self, field)!r}; choose one of '
                          f'{choices}.')

@@ -27,6 +27,7 @@ from alexnet_jax import data, errors  # noqa: E402
 from alexnet_jax.claims import figure1  # noqa: E402
 from configs import alexnet  # noqa: E402
 
+
 def read_training_images(dataset: str, data_dir: str | None, size: int, examples: int = 0):
   """(uint8 [N, size, size, 3], int32 [N], the class count) of the training split."""
   config = alexnet.get_config()
