@@ -8,6 +8,8 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
+import tensorflow as tf
 from PIL import Image
 
 from alexnet_jax.claims import figure1, four_layer_net
@@ -23,11 +25,39 @@ def test_the_four_layer_net_is_three_5x5_convolutions_and_one_fully_connected_la
   assert {name: p['kernel'].shape for name, p in params.items()} == {
       'conv1': (5, 5, 3, 32), 'conv2': (5, 5, 32, 32), 'conv3': (5, 5, 32, 64),
       'fc': (4 * 4 * 64, 10)}
-  images = jax.random.normal(jax.random.key(1), (2, 32, 32, 3))
-  variables = four_layer_net.FourLayerNet(10).init(jax.random.key(0), images)
-  relu, tanh = (four_layer_net.FourLayerNet(10, units).apply(variables, images)
-                for units in ('relu', 'tanh'))
-  assert np.abs(np.asarray(relu - tanh)).max() > 1e-3
+
+
+@pytest.mark.parametrize('units', ['relu', 'tanh'])
+def test_the_four_layer_net_computes_what_tensorflows_ops_do(units):
+  """Each convolution, its units and its pool (3x3, stride 2, 'SAME': 32 -> 16 -> 8 -> 4),
+  then the fully connected layer, rebuilt from TensorFlow's ops with the same parameters."""
+  images = np.asarray(jax.random.normal(jax.random.key(1), (2, 32, 32, 3)))
+  net = four_layer_net.FourLayerNet(10, units)
+  params = jax.device_get(net.init(jax.random.key(0), images)['params'])
+  activation = {'relu': tf.nn.relu, 'tanh': tf.tanh}[units]
+  x = tf.constant(images)
+  for name in ('conv1', 'conv2', 'conv3'):
+    x = activation(tf.nn.conv2d(x, params[name]['kernel'], 1, 'SAME') + params[name]['bias'])
+    x = tf.nn.max_pool2d(x, 3, 2, 'SAME')
+  logits = tf.reshape(x, (2, -1)) @ params['fc']['kernel'] + params['fc']['bias']
+  np.testing.assert_allclose(np.asarray(net.apply({'params': params}, images)), logits.numpy(),
+                             rtol=1e-4, atol=1e-5)
+
+
+def test_an_epochs_error_counts_its_full_batches_as_trained_on():
+  """At rate 0 the parameters stay put: an epoch's error is then the initial net's on the rows
+  of the epoch's full batches (50 images, batches of 16: 48 rows, the last 2 left out)."""
+  rng = np.random.default_rng(0)
+  images = rng.integers(0, 256, (50, 32, 32, 3), dtype=np.uint8)
+  labels = rng.integers(0, 3, 50).astype(np.int32)
+  settings = figure1.Settings(batch_size=16, seed=3)
+  net = figure1._Net('relu', images, labels, 3, settings)
+  state = net.init(0.0)
+  _, error = net.epoch(state, epoch=1)
+  rows = np.random.default_rng([3, 1]).permutation(50)[:48]
+  x = (images[rows].astype(np.float32) - net.mean) / net.std
+  predicted = np.asarray(net.model.apply({'params': state[0]}, x)).argmax(-1)
+  assert error == pytest.approx(np.mean(predicted != labels[rows]))
 
 
 def test_epochs_to_the_threshold_and_the_summary_line():
