@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from alexnet_jax import config_checks, errors, models
+from alexnet_jax import config_checks, errors, models, optim
 from alexnet_jax.data import augment
 from alexnet_jax.loop import saved_state
 from tests.conftest import tiny_config
@@ -160,6 +160,5 @@ def test_a_checkpoint_records_the_choices_and_a_resume_with_others_is_refused():
 
 
 def _loop_state(config) -> saved_state.LoopState:
-  from alexnet_jax import optim
   return saved_state.LoopState(optim.PlateauController(0.01, **config.plateau),
                                choices=saved_state.choices(config))
